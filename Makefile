@@ -1,0 +1,33 @@
+# echat: `make demo` (the main job) and `make test` each set themselves up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Pinned and installed first: an unpinned torch makes pip resolve a multi-GB CUDA build.
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.echat-installed
+PRESET ?= mini
+# The hub is unreachable offline and a lookup hangs ~45 s before failing.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: setup test demo lab clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+demo: setup
+	$(OFFLINE) $(BIN)/python -m echat.notebooks --preset $(PRESET) --out runs/demo
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

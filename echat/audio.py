@@ -1,0 +1,193 @@
+"""Audio loading and the OSUM-EChat log-mel front-end (16 kHz mono, 80 bins, 100 frames/s).
+
+Design choices:
+- ``load_audio`` turns any file soundfile (or, failing that, librosa/audioread) can decode into a
+  float32 mono wave at 16 kHz, and reports every problem as one :class:`AudioError` naming the file.
+- ``log_mel`` follows the reference's Whisper-style recipe step for step: torch STFT with reflect
+  padding, last frame dropped, Slaney mel filters, log10, a floor 8 decades below the utterance's
+  peak, then ``(x + 4) / 4``. No padding to 30 s: ``T = N // 160``.
+- The dynamic-range floor is per utterance, so batching never changes an utterance's features.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from os import PathLike
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+
+SAMPLE_RATE_HZ = 16_000
+N_FFT_SAMPLES = 400  # 25 ms analysis window at 16 kHz
+HOP_SAMPLES = 160  # 10 ms hop at 16 kHz
+N_MELS = 80
+FRAME_RATE_HZ = SAMPLE_RATE_HZ // HOP_SAMPLES  # 100 feature frames per second
+MIN_SAMPLES = 400  # 25 ms; the reference rejects shorter clips ("Audio too short")
+LOG_FLOOR = 1e-10  # mel power clamp before log10 (avoids log of zero)
+DYNAMIC_RANGE_LOG10 = 8.0  # keep 8 decades (80 dB) below each utterance's peak
+LOG_OFFSET = 4.0  # Whisper's affine squash: (log10 + 4) / 4 lands speech near [-1, 1]
+LOG_SCALE = 4.0
+RESAMPLE_TYPE = "soxr_hq"  # librosa's soxr backend, high quality
+
+# torch.stft(center=True) reflect-pads n_fft // 2 samples per side; reflection needs more input.
+_MIN_STFT_SAMPLES = N_FFT_SAMPLES // 2 + 1
+
+PathType = str | PathLike
+
+
+class AudioError(ValueError):
+    """A file that cannot serve as an utterance; the message names the file and the problem."""
+
+    def __init__(self, path: PathType, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+    def __reduce__(self):
+        # Rebuild from (path, problem), so the error survives pickling (e.g. DataLoader workers).
+        return type(self), (self.path, self.problem)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """Decode ``path`` to ``(wave, rate)``; wave is float32 ``(N, C)`` in [-1, 1]."""
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
+        return data, int(rate)
+    except sf.LibsndfileError as sf_err:
+        first_error = sf_err
+    # Formats libsndfile lacks go through librosa -> audioread, whose backends (ffmpeg,
+    # gstreamer, mad, ...) raise unrelated exception types, hence the broad catch.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa warns that it is falling back to audioread
+            data, rate = librosa.load(str(path), sr=None, mono=False, dtype=np.float32)
+    except Exception as err:
+        reason = f"{first_error}; librosa: {type(err).__name__} {err}".strip()
+        raise AudioError(path, f"unreadable or not audio ({reason})") from err
+    data = np.atleast_2d(data).T  # librosa gives (C, N) or (N,) -> (N, C)
+    return np.ascontiguousarray(data, dtype=np.float32), int(rate)
+
+
+def load_audio(
+    path: PathType,
+    sample_rate: int = SAMPLE_RATE_HZ,
+    min_samples: int = MIN_SAMPLES,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """Read an audio file as a float32 mono wave ``(N,)`` at ``sample_rate`` Hz.
+
+    Channels are averaged; resampling uses librosa's soxr. Raises :class:`AudioError` (naming
+    ``path``) when the file is missing, unreadable, empty, shorter than ``min_samples`` samples
+    after resampling, or longer than ``max_seconds`` seconds.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    file = Path(path)
+    if not file.is_file():
+        raise AudioError(path, "file not found")
+    if file.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    data, rate = _decode(file)  # (N, C)
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    duration_s = data.shape[0] / rate
+    if max_seconds is not None and duration_s > max_seconds:
+        raise AudioError(path, f"too long: {duration_s:.2f} s > max_seconds={max_seconds} s")
+    wave = data.mean(axis=1, dtype=np.float32)  # (N,) mono by channel mean
+    if rate != sample_rate:
+        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type=RESAMPLE_TYPE)
+    if wave.shape[0] < min_samples:
+        raise AudioError(
+            path, f"too short: {wave.shape[0]} samples at {sample_rate} Hz < min_samples={min_samples}"
+        )
+    if not np.isfinite(wave).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Features
+# ----------------------------------------------------------------------------------------------
+
+
+def num_frames(n_samples: int) -> int:
+    """Log-mel frames for ``n_samples`` samples (one per hop; the STFT's last frame is dropped)."""
+    return int(n_samples) // HOP_SAMPLES
+
+
+@functools.lru_cache(maxsize=1)
+def _mel_filters() -> torch.Tensor:
+    """Slaney-normalised mel filterbank, float32 ``(n_mels, n_fft // 2 + 1)`` = (80, 201)."""
+    filters = librosa.filters.mel(sr=SAMPLE_RATE_HZ, n_fft=N_FFT_SAMPLES, n_mels=N_MELS)
+    return torch.from_numpy(np.asarray(filters, dtype=np.float32))
+
+
+@functools.lru_cache(maxsize=1)
+def _window() -> torch.Tensor:
+    """Periodic Hann window ``(n_fft,)``, as ``torch.hann_window`` gives by default."""
+    return torch.hann_window(N_FFT_SAMPLES)
+
+
+def _as_wave_tensor(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Validate ``wave`` (``(N,)`` or ``(B, N)``) and return it as a float32 CPU tensor."""
+    tensor = torch.as_tensor(wave).detach().to(device="cpu", dtype=torch.float32)
+    if tensor.ndim not in (1, 2):
+        raise ValueError(f"log_mel expects a wave (N,) or batch (B, N), got shape {tuple(tensor.shape)}")
+    if tensor.shape[-1] < _MIN_STFT_SAMPLES:
+        raise ValueError(
+            f"log_mel needs at least {_MIN_STFT_SAMPLES} samples (reflect padding), got {tensor.shape[-1]}"
+        )
+    if not torch.isfinite(tensor).all():
+        raise ValueError("log_mel input contains NaN or infinite samples")
+    return tensor
+
+
+def log_mel(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """OSUM-EChat (Whisper-style) log-mel features, float32.
+
+    ``wave`` is a 16 kHz wave ``(N,)`` -> ``(T, 80)``, or an equal-length batch ``(B, N)`` ->
+    ``(B, T, 80)``, with ``T = N // 160``. The -8 decade floor is taken per utterance.
+    """
+    batch = _as_wave_tensor(wave)
+    single = batch.ndim == 1
+    if single:
+        batch = batch.unsqueeze(0)  # (1, N)
+    spec = torch.stft(
+        batch, n_fft=N_FFT_SAMPLES, hop_length=HOP_SAMPLES, window=_window(), center=True,
+        pad_mode="reflect", return_complex=True,
+    )  # (B, F=201, T + 1)
+    power = spec[..., :-1].abs() ** 2  # (B, F, T): the reference drops the last frame
+    mel = _mel_filters() @ power  # (B, 80, T)
+    logs = torch.clamp(mel, min=LOG_FLOOR).log10()
+    peak = logs.amax(dim=(-2, -1), keepdim=True)  # (B, 1, 1): per-utterance maximum
+    logs = torch.maximum(logs, peak - DYNAMIC_RANGE_LOG10)
+    feats = ((logs + LOG_OFFSET) / LOG_SCALE).transpose(-1, -2).contiguous()  # (B, T, 80)
+    return feats[0] if single else feats
+
+
+def log_mel_batch(waves: list[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features for variable-length waves, zero padded.
+
+    ``waves``: B waves ``(N_b,)`` -> features ``(B, T_max, 80)`` float32 and lengths ``(B,)``
+    int64 (frames per utterance). Each row equals ``log_mel`` of that wave alone.
+    """
+    if len(waves) == 0:
+        raise ValueError("log_mel_batch needs at least one wave")
+    for index, wave in enumerate(waves):
+        if np.ndim(wave) != 1:
+            raise ValueError(f"log_mel_batch wave {index}: expected a 1-D wave, got shape {np.shape(wave)}")
+    feats = [log_mel(wave) for wave in waves]  # each (T_b, 80); per-wave STFT keeps values exact
+    lengths = torch.tensor([feat.shape[0] for feat in feats], dtype=torch.int64)  # (B,)
+    padded = torch.zeros(len(feats), int(lengths.max()), N_MELS, dtype=torch.float32)  # (B, T_max, 80)
+    for index, feat in enumerate(feats):
+        padded[index, : feat.shape[0]] = feat
+    return padded, lengths

@@ -1,0 +1,78 @@
+"""The ``echat`` command: the same functions the notebooks call, one subcommand each.
+
+Every subcommand has ``--help`` with an example; an error is one line on stderr and exit status 1
+(2 for a usage error, from argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+EXAMPLES = {
+    "data check": "echat data check data/train.jsonl\n  echat data check shards/shards_list.txt",
+    "layout": "echat layout --preset osum-echat > layout.tsv",
+}
+
+
+def _parser(sub, name: str, help_text: str, func: Callable, key: str | None = None):
+    parser = sub.add_parser(name, help=help_text, description=help_text,
+                            epilog="example:\n  " + EXAMPLES[key or name],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def cmd_data_check(args) -> int:
+    from echat.config import preset
+    from echat.data.check import run_check
+
+    config = preset(args.preset)
+    return run_check(args.manifest, codebook_size=config.speech.codebook_size,
+                     min_samples=config.audio.min_samples, max_seconds=config.audio.max_seconds,
+                     check_audio=not args.no_audio)
+
+
+def cmd_layout(args) -> int:
+    from echat.models.checkpoint import reference_layout
+
+    for line in reference_layout(args.preset):
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echat", description="OSUM-EChat research workbench.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="build and check data sets").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND")
+    check = _parser(data, "check", "validate a raw jsonl manifest or a shard list without loading a model",
+                    cmd_data_check, "data check")
+    check.add_argument("manifest", help="raw .jsonl manifest, or shards_list.txt")
+    check.add_argument("--preset", default="osum-echat", help="preset whose limits apply (speech codebook, "
+                       "clip length); default osum-echat")
+    check.add_argument("--no-audio", action="store_true", help="skip opening the audio files")
+
+    layout = _parser(sub, "layout", "print the reference checkpoint layout (key, shape, kind) of a preset, "
+                     "built on the meta device", cmd_layout)
+    layout.add_argument("--preset", default="osum-echat")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError, KeyError, RuntimeError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"echat: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("echat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Typed configuration for every part of echat, and the three presets.
+
+Design choices:
+- Plain dataclasses, nested in one :class:`EChatConfig`; every checkpoint stores it as JSON.
+- Presets are functions (``smoke``, ``mini``, ``osum-echat``), not YAML graphs.
+- Sizes that follow from others are properties (speech ids, adapter input width), never stored twice.
+- ``GenerationOptions`` is frozen: one options object per call, no global decoding state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ThinkMode = Literal["none", "tag", "language"]
+THINK_MODES: tuple[str, ...] = ("none", "tag", "language")
+
+
+@dataclass
+class AudioConfig:
+    """Front-end of the reference: 16 kHz mono, 80-bin Whisper log-mel at 100 frames/s."""
+
+    sample_rate_hz: int = 16_000
+    n_fft_samples: int = 400  # 25 ms window
+    hop_samples: int = 160  # 10 ms hop -> 100 frames/s
+    n_mels: int = 80
+    min_samples: int = 400  # shorter clips are rejected (reference: "Audio too short")
+    max_seconds: float = 200.0  # reference filter: max_length 20000 frames = 200 s
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate_hz / self.hop_samples
+
+
+@dataclass
+class EncoderConfig:
+    """Whisper-style pre-LN transformer encoder (WeNet key layout); conv front of stride 2."""
+
+    n_mels: int = 80
+    d_model: int = 1024
+    n_layers: int = 24
+    n_heads: int = 16
+    ffn_dim: int = 4096
+    max_positions: int = 30_000  # sinusoid table rows, in 50 Hz encoder frames
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+
+
+@dataclass
+class AdapterConfig:
+    """Causal conv downsampler (strides 1/2/2) + small ReLU transformer + projection to the LLM width."""
+
+    d_model: int = 1024
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int = 2560
+    max_positions: int = 5_000  # sinusoid table rows, in 12.5 Hz adapter frames
+    conv_strides: tuple[int, ...] = (1, 2, 2)
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+
+    @property
+    def downsample_rate(self) -> int:
+        return math.prod(self.conv_strides)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA through peft; defaults are the reference's (its released config leaves it off)."""
+
+    enabled: bool = False
+    r: int = 64
+    alpha: int = 32
+    dropout: float = 0.1
+    # The reference targets these six; note: no up_proj.
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
+
+
+@dataclass
+class LLMConfig:
+    """Shape of the Qwen2 causal LM (transformers' ``Qwen2ForCausalLM``)."""
+
+    hidden_size: int = 2048
+    intermediate_size: int = 11_008
+    n_layers: int = 36
+    n_heads: int = 16
+    n_kv_heads: int = 2
+    vocab_size: int = 151_936
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32_768
+    tie_word_embeddings: bool = True
+    pretrained: str = ""  # hub id or folder of pretrained weights ("" = built from this shape)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SpeechConfig:
+    """Discrete speech tokens (25 Hz) and the ids framed around them.
+
+    Speech ids live in their own space (separate embedding and head, not an extended text vocab):
+    ``0 .. codebook_size-1`` tokens, ``codebook_size`` segment boundary / stop, then two input-only
+    ids for the audio BOS/EOS that frame encoder frames. With 4096 codes: 4096 / 4097 / 4098.
+    """
+
+    codebook_size: int = 4096
+    frame_rate_hz: float = 25.0
+    tokenizer: Literal["cosyvoice-300m-25hz", "mini-kmeans"] = "cosyvoice-300m-25hz"
+
+    @property
+    def boundary_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def head_size(self) -> int:
+        """Rows of the speech head: codes + boundary (the reference's ``speech_token_num``)."""
+        return self.codebook_size + 1
+
+    @property
+    def audio_bos_id(self) -> int:
+        return self.head_size
+
+    @property
+    def audio_eos_id(self) -> int:
+        return self.head_size + 1
+
+    @property
+    def embedding_size(self) -> int:
+        """Rows of the speech embedding: codes + boundary + audio BOS + audio EOS."""
+        return self.head_size + 2
+
+
+@dataclass
+class TextConfig:
+    """Which text tokenizer the LLM reads and which language its prompts are in."""
+
+    tokenizer: Literal["mini-bpe", "qwen2.5"] = "qwen2.5"
+    path: str = ""  # folder with tokenizer files ("" = the preset's default source)
+    bpe_vocab_size: int = 512  # mini BPE only: merges are learned up to this size
+    prompt_set: Literal["reference", "mini"] = "reference"  # system/instruction prompts and think wording
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and batching; defaults are the reference's (AdamW, warm-up + inverse sqrt)."""
+
+    lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_steps: int = 2000
+    scheduler: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    grad_clip: float = 5.0
+    accum_steps: int = 8
+    max_steps: int = 0  # 0 = one pass over the data
+    seed: int = 777
+    speech_loss_weight: float = 1.0
+    max_frames_in_batch: int = 28_000_000  # mel frames x utterances (reference: effectively off)
+    max_tokens_in_batch: int = 3_700  # longest sequence x batch size
+    max_seq_len: int = 2_000
+    spec_augment: bool = True
+    spec_time_masks: int = 2
+    spec_max_time: int = 50  # frames per time mask
+    spec_freq_masks: int = 2
+    spec_max_freq: int = 10  # mel bins per frequency mask
+    unknown_tag_prob: float = 0.85  # tag think: chance a missing field becomes <&&> (else a default)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decoding settings for one ``generate()`` call (see ``prompts.default_options`` per task)."""
+
+    do_sample: bool = False
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 512  # text tokens
+    max_speech_tokens: int = 2000
+    speech_repeat_limit: int = 0  # ban a speech token repeated this many times in a row (0 = off)
+    speech_window: int = 0  # ... or occurring speech_window_limit times in the last speech_window
+    speech_window_limit: int = 0
+    use_cache: bool = True  # KV cache; False recomputes the whole sequence every step (for checks)
+    stream_chunk: int = 25  # speech tokens per streamed chunk (25 = 1 s at 25 Hz)
+    seed: int | None = None
+
+
+@dataclass
+class EChatConfig:
+    """Everything needed to rebuild a model and its data pipeline."""
+
+    name: str = "osum-echat"
+    world: Literal["mini", "full"] = "full"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def llm_positions(self, mel_frames: int) -> int:
+        """LLM positions for ``mel_frames`` of audio (100 Hz -> 50 Hz encoder -> 12.5 Hz adapter)."""
+        n = math.ceil(mel_frames / 2)
+        for stride in self.adapter.conv_strides:
+            n = math.ceil(n / stride)
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EChatConfig:
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_json(cls, text: str) -> EChatConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> EChatConfig:
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"{path}: not a valid echat config: {err}") from None
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Rebuild dataclass ``cls`` from plain JSON data, rejecting unknown keys by their path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value, f"{where}.{name}")
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------------------
+
+
+def osum_echat() -> EChatConfig:
+    """The released OSUM-EChat: Whisper-medium encoder, adapter, Qwen2.5-3B-Instruct, 4096 codes."""
+    return EChatConfig(
+        name="osum-echat",
+        world="full",
+        llm=LLMConfig(pretrained="Qwen/Qwen2.5-3B-Instruct"),
+        text=TextConfig(tokenizer="qwen2.5", prompt_set="reference"),
+    )
+
+
+def mini() -> EChatConfig:
+    """The CPU world: ~8 M parameters, trains on EChat-mini in minutes on 2 cores."""
+    return EChatConfig(
+        name="mini",
+        world="mini",
+        audio=AudioConfig(max_seconds=30.0),
+        encoder=EncoderConfig(d_model=192, n_layers=4, n_heads=4, ffn_dim=768, max_positions=1500),
+        adapter=AdapterConfig(d_model=192, n_layers=2, n_heads=4, ffn_dim=512, max_positions=400),
+        llm=LLMConfig(
+            hidden_size=256, intermediate_size=1024, n_layers=4, n_heads=4, n_kv_heads=2,
+            vocab_size=640, rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=1024,
+        ),
+        speech=SpeechConfig(codebook_size=512, tokenizer="mini-kmeans"),
+        text=TextConfig(tokenizer="mini-bpe", bpe_vocab_size=512, prompt_set="mini"),
+        train=TrainConfig(
+            lr=1e-3, warmup_steps=100, scheduler="constant", accum_steps=1,
+            max_frames_in_batch=4_000, max_tokens_in_batch=4_096, max_seq_len=1024, seed=0,
+        ),
+    )
+
+
+def smoke() -> EChatConfig:
+    """Tests: the mini world at toy size, so a forward/backward pass takes milliseconds."""
+    cfg = mini()
+    cfg.name = "smoke"
+    cfg.encoder = EncoderConfig(d_model=32, n_layers=1, n_heads=2, ffn_dim=64, max_positions=1500)
+    cfg.adapter = AdapterConfig(d_model=32, n_layers=1, n_heads=2, ffn_dim=64, max_positions=400)
+    cfg.llm = LLMConfig(
+        hidden_size=32, intermediate_size=64, n_layers=1, n_heads=2, n_kv_heads=1,
+        vocab_size=640, rope_theta=10_000.0, max_position_embeddings=1024,
+    )
+    cfg.speech = SpeechConfig(codebook_size=64, tokenizer="mini-kmeans")
+    cfg.train.warmup_steps = 2
+    return cfg
+
+
+PRESETS = {"smoke": smoke, "mini": mini, "osum-echat": osum_echat}
+
+
+def preset(name: str) -> EChatConfig:
+    """A fresh config for preset ``name`` (``smoke``, ``mini`` or ``osum-echat``)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

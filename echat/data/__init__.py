@@ -1,0 +1,1 @@
+"""Data formats of echat: raw JSON-lines manifests, shard tars, and their checker."""

@@ -1,0 +1,1 @@
+"""Neural modules of echat: speech encoder, adapter and the reference checkpoint key map."""

@@ -1,0 +1,164 @@
+"""Adapter from encoder frames (50 Hz) to LLM input embeddings (12.5 Hz), as in the reference.
+
+Design choices:
+- Three submodules: ``downsample`` (the reference's ``down_sample_2``), ``transformer``
+  (``speech_transformer``) and ``proj`` (``speech_llama_proj``). Below those prefixes every name is
+  the reference's, so :mod:`echat.models.reference_keys` only renames prefixes.
+- ``downsample.conv`` is one ``nn.Sequential`` of [left pad, Conv1d, GELU] per stride, which puts the
+  three convs at indices 1, 4 and 7 exactly like the reference's ``down_sample_2.conv.{1,4,7}``.
+- The convs are causal (kernel 3, two frames of left padding): output frame ``t`` reads only inputs up
+  to ``stride * t``, so right padding never reaches a valid output and nothing is masked there;
+  valid lengths are ``ceil(L / stride)`` per stride.
+- The transformer reuses the encoder's :class:`TransformerBlock` with key bias and ReLU, behind WeNet's
+  ``linear`` input layer (Linear → LayerNorm(eps 1e-5) → dropout) and WeNet's interleaved sinusoid
+  table, applied as ``x * sqrt(d) + pe``.
+- The reference's unused ``ln_speech`` LayerNorm is not a module here; the key map exports it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from echat.config import AdapterConfig
+from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, valid_mask
+
+__all__ = [
+    "Adapter",
+    "AdapterOutput",
+    "AdapterTransformer",
+    "CausalConvDownsampler",
+    "wenet_sinusoids",
+]
+
+
+class AdapterOutput(NamedTuple):
+    """LLM-width speech embeddings (12.5 Hz) and the number of valid ones per item."""
+
+    embeddings: Tensor  # (B, T'', output_dim); padded rows are zero
+    lengths: Tensor  # (B,) int64
+
+
+def wenet_sinusoids(length: int, channels: int) -> Tensor:
+    """WeNet's positional table ``(length, channels)``: sin on even channels, cos on odd ones."""
+    if channels % 2:
+        raise ValueError(f"WeNet sinusoids need an even channel count, got {channels}")
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
+    div_term = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * -(math.log(10_000.0) / channels))
+    angles = position * div_term  # (L, D/2)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(length, channels)  # (L, D)
+
+
+class CausalConvDownsampler(nn.Module):
+    """[ConstantPad1d((2, 0)) → Conv1d(k3, stride s) → GELU] per stride (the reference ``down_sample_2``)."""
+
+    def __init__(self, input_dim: int, d_model: int, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        if not strides:
+            raise ValueError("the adapter needs at least one conv stride")
+        self.strides = tuple(strides)
+        layers: list[nn.Module] = []
+        for index, stride in enumerate(self.strides):
+            in_channels = input_dim if index == 0 else d_model
+            conv = nn.Conv1d(in_channels, d_model, kernel_size=3, stride=stride)
+            layers += [nn.ConstantPad1d((2, 0), 0.0), conv, nn.GELU()]
+        self.conv = nn.Sequential(*layers)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Valid output frames: ``ceil(L / s)`` applied for each stride."""
+        for stride in self.strides:
+            lengths = ceil_div(lengths, stride)
+        return lengths
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` (B, T, input_dim) → (B, T_out, d_model) and the downsampled lengths."""
+        y = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T_out, D)
+        return y, self.output_lengths(lengths)
+
+
+class ScaledPositionalEncoding(nn.Module):
+    """``dropout(x * sqrt(d) + pe)`` with WeNet sinusoids in the persistent buffer ``pe`` (1, P, D)."""
+
+    def __init__(self, d_model: int, max_positions: int, dropout: float) -> None:
+        super().__init__()
+        self.xscale = math.sqrt(d_model)
+        self.register_buffer("pe", wenet_sinusoids(max_positions, d_model).unsqueeze(0))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(x * self.xscale + self.pe[:, : x.size(1)])  # (B, T, D)
+
+
+class LinearEmbedding(nn.Module):
+    """WeNet ``linear`` input layer: ``out`` = Linear → LayerNorm → Dropout, then ``pos_enc``."""
+
+    def __init__(self, input_dim: int, d_model: int, max_positions: int, dropout: float) -> None:
+        super().__init__()
+        self.out = nn.Sequential(
+            nn.Linear(input_dim, d_model), nn.LayerNorm(d_model, eps=1e-5), nn.Dropout(dropout)
+        )
+        self.pos_enc = ScaledPositionalEncoding(d_model, max_positions, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pos_enc(self.out(x))  # (B, T, D)
+
+
+class AdapterTransformer(nn.Module):
+    """Pre-LN ReLU transformer with biased q/k/v (the reference's ``speech_transformer``)."""
+
+    def __init__(self, cfg: AdapterConfig, input_dim: int) -> None:
+        super().__init__()
+        self.embed = LinearEmbedding(input_dim, cfg.d_model, cfg.max_positions, cfg.dropout)
+        self.after_norm = nn.LayerNorm(cfg.d_model, eps=1e-5)
+        self.encoders = nn.ModuleList(
+            TransformerBlock(
+                cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
+                key_bias=True, activation=nn.ReLU(),
+            )
+            for _ in range(cfg.n_layers)
+        )
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x`` (B, T, input_dim), ``mask`` (B, T) bool key-padding mask → (B, T, D)."""
+        x = self.embed(x)  # (B, T, D)
+        for block in self.encoders:
+            x = block(x, mask)  # (B, T, D)
+        return self.after_norm(x)  # (B, T, D)
+
+
+class Adapter(nn.Module):
+    """Encoder frames → causal conv downsampling → transformer → projection to the LLM width."""
+
+    def __init__(self, cfg: AdapterConfig, input_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.max_positions = cfg.max_positions
+        self.downsample = CausalConvDownsampler(input_dim, cfg.d_model, cfg.conv_strides)
+        self.transformer = AdapterTransformer(cfg, cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, output_dim)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Valid adapter outputs for ``lengths`` encoder frames."""
+        return self.downsample.output_lengths(lengths)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> AdapterOutput:
+        """``x`` (B, T, input_dim), ``lengths`` (B,) → ``AdapterOutput`` (B, T'', output_dim)."""
+        if x.dim() != 3 or x.size(-1) != self.input_dim:
+            raise ValueError(f"Adapter expects (B, T, {self.input_dim}) frames, got {tuple(x.shape)}")
+        batch, frames, _ = x.shape
+        out_frames = frames
+        for stride in self.downsample.strides:
+            out_frames = math.ceil(out_frames / stride)
+        if out_frames > self.max_positions:
+            raise ValueError(
+                f"Adapter: {frames} encoder frames give {out_frames} adapter frames, more than "
+                f"max_positions={self.max_positions}; split the audio or raise AdapterConfig.max_positions"
+            )
+        check_lengths(lengths, batch, frames, "Adapter")
+        y, out_lengths = self.downsample(x, lengths)  # (B, T'', D)
+        mask = valid_mask(out_lengths, y.size(1))  # (B, T'')
+        y = self.proj(self.transformer(y, mask))  # (B, T'', output_dim)
+        return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths)

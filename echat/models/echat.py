@@ -1,0 +1,178 @@
+"""The EChat model: speech encoder -> adapter -> Qwen2 LLM with a text head and a speech head.
+
+Design choices:
+- The LLM is transformers' ``Qwen2ForCausalLM`` (optionally LoRA-wrapped by peft), fp32 on CPU and
+  bf16 on GPU; we only ever pass it ``inputs_embeds``.
+- One flat, right-padded input sequence per row (see :mod:`echat.data.pipeline`): each position is
+  embedded by the text table, the speech table, or filled with an adapter frame, by its ``stream``.
+- The loss is one cross-entropy over the combined text+speech classes for speech-output tasks (as in
+  the reference) and over the text head only for text-output tasks. Logits are computed only at the
+  positions that have a target, from the last hidden state only — never all hidden states, never the
+  full text logits twice. ``speech_loss_weight`` scales the speech terms (1.0 = the reference).
+- Attribute names (``encoder``, ``adapter``, ``llm``, ``speech_embedding``, ``speech_head``) are the
+  contract with :mod:`echat.models.reference_keys` (import/export of the released checkpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from echat.config import EChatConfig, LLMConfig
+from echat.models.adapter import Adapter
+from echat.models.encoder import SpeechEncoder
+from echat.models.speech import speech_embedding, speech_head
+from echat.tokens import IGNORE_INDEX, Stream
+
+
+def qwen2_config(cfg: LLMConfig) -> Qwen2Config:
+    """transformers config of the LLM shape (no pretrained weights involved)."""
+    return Qwen2Config(
+        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        vocab_size=cfg.vocab_size, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps,
+        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=cfg.tie_word_embeddings,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa",
+    )
+
+
+@dataclass
+class EChatOutput:
+    """Training forward result: mean loss over all targets, and its text/speech parts (sums / counts)."""
+
+    loss: Tensor
+    text_loss: Tensor
+    speech_loss: Tensor
+    n_text: int
+    n_speech: int
+    text_correct: int
+    speech_correct: int
+
+
+class EChat(nn.Module):
+    """OSUM-EChat: ``forward(batch)`` for training, ``generate(...)`` for inference."""
+
+    def __init__(self, config: EChatConfig, tokenizer=None):
+        super().__init__()
+        self.config = config
+        hidden = config.llm.hidden_size
+        self.encoder = SpeechEncoder(config.encoder)
+        self.adapter = Adapter(config.adapter, config.encoder.d_model, hidden)
+        self.llm = Qwen2ForCausalLM(qwen2_config(config.llm))
+        self.speech_embedding = speech_embedding(config.speech, hidden)
+        self.speech_head = speech_head(config.speech, hidden)
+        self.tokenizer = tokenizer
+
+    # -- construction helpers (defined in echat.models.checkpoint, bound here for the public API) --
+    @classmethod
+    def from_preset(cls, name: str, device: str | torch.device = "cpu", tokenizer=None) -> EChat:
+        from echat.models.checkpoint import model_from_preset
+
+        return model_from_preset(name, device, tokenizer)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> EChat:
+        from echat.models.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device)
+
+    @classmethod
+    def from_reference_checkpoint(cls, path, tokenizer=None, device: str | torch.device = "cpu",
+                                  config: EChatConfig | None = None) -> EChat:
+        from echat.models.checkpoint import load_reference_checkpoint
+
+        return load_reference_checkpoint(path, tokenizer=tokenizer, device=device, config=config)
+
+    def save(self, folder) -> None:
+        from echat.models.checkpoint import save_checkpoint
+
+        save_checkpoint(self, folder)
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def causal_lm(self) -> Qwen2ForCausalLM:
+        """The bare ``Qwen2ForCausalLM`` (below a peft wrapper, if any)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    @property
+    def device(self) -> torch.device:
+        return self.speech_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.speech_head.weight.dtype
+
+    # -- embedding -------------------------------------------------------------------------------
+    def encode_audio(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """Log-mel clips (N, T, n_mels) with lengths (N,) -> the valid adapter frames of all clips,
+        concatenated in order: (sum of valid frames, hidden)."""
+        enc = self.encoder(feats.to(self.dtype), lengths)
+        out = self.adapter(enc.hidden, enc.lengths)
+        valid = torch.arange(out.embeddings.shape[1], device=feats.device)[None] < out.lengths[:, None]
+        return out.embeddings[valid]
+
+    def embed(self, ids: Tensor, stream: Tensor, feats: Tensor | None = None,
+              feat_lengths: Tensor | None = None) -> Tensor:
+        """Input embeddings (B, L, H) for ids/stream (B, L); AUDIO positions take the clips' frames
+        in row-major order (row 0's clips first)."""
+        is_text = stream == Stream.TEXT
+        text = self.llm.get_input_embeddings()(torch.where(is_text, ids, 0))
+        speech = self.speech_embedding(torch.where(stream == Stream.SPEECH, ids, 0))
+        embeds = torch.where(is_text.unsqueeze(-1), text, speech)
+        is_audio = stream == Stream.AUDIO
+        n_audio = int(is_audio.sum())
+        if n_audio == 0:
+            return embeds
+        frames = self.encode_audio(feats, feat_lengths)
+        if frames.shape[0] != n_audio:
+            raise ValueError(f"{n_audio} audio positions in the sequence but the clips give {frames.shape[0]} "
+                             "adapter frames: the layout and the adapter's frame rate disagree")
+        return embeds.masked_scatter(is_audio.unsqueeze(-1), frames.to(embeds.dtype))
+
+    # -- training forward ------------------------------------------------------------------------
+    def forward(self, batch) -> EChatOutput:
+        """Loss of a :class:`~echat.data.pipeline.Batch` (ids/stream/labels/attention_mask: (B, L))."""
+        embeds = self.embed(batch.ids, batch.stream, batch.feats, batch.feat_lengths)
+        hidden = self.causal_lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                      use_cache=False).last_hidden_state  # (B, L, H)
+        targets = batch.labels[:, 1:]  # the token at t+1 is predicted from position t
+        has_target = targets != IGNORE_INDEX
+        h = hidden[:, :-1][has_target]  # (N, H): only positions with a target
+        return self._loss(h, targets[has_target], speech_out=batch.kind.speech_out)
+
+    def _loss(self, h: Tensor, targets: Tensor, speech_out: bool) -> EChatOutput:
+        """Cross-entropy over text (+ speech) classes. h: (N, H), targets: (N,) in the combined space."""
+        logits = self.causal_lm.lm_head(h)  # (N, V_text)
+        if speech_out:
+            logits = torch.cat([logits, self.speech_head(h)], dim=-1)  # (N, V_text + V_speech)
+        per_token = F.cross_entropy(logits.float(), targets, reduction="none")
+        is_speech = targets >= self.config.llm.vocab_size
+        weight = torch.where(is_speech, self.config.train.speech_loss_weight, 1.0)
+        n = max(int(targets.numel()), 1)
+        correct = logits.argmax(-1) == targets
+        return EChatOutput(
+            loss=(per_token * weight).sum() / n,
+            text_loss=per_token[~is_speech].sum() / max(int((~is_speech).sum()), 1),
+            speech_loss=per_token[is_speech].sum() / max(int(is_speech.sum()), 1),
+            n_text=int((~is_speech).sum()), n_speech=int(is_speech.sum()),
+            text_correct=int(correct[~is_speech].sum()), speech_correct=int(correct[is_speech].sum()),
+        )
+
+    # -- inference -------------------------------------------------------------------------------
+    def generate(self, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
+                 options=None, **kwargs):
+        """One call for every task; see :func:`echat.models.generate.generate`."""
+        from echat.models.generate import generate
+
+        return generate(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)
+
+    def stream(self, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
+               options=None, **kwargs):
+        """Iterator of text pieces and speech-token chunks; see :func:`echat.models.generate.stream`."""
+        from echat.models.generate import stream
+
+        return stream(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)

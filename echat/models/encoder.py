@@ -1,0 +1,387 @@
+"""Whisper-style speech encoder in the WeNet key layout of the released OSUM-EChat checkpoint.
+
+Design choices:
+- Parameter names are the reference's (``embed.conv.{0,2}``, ``embed.pos_enc.pe``, ``after_norm``,
+  ``encoders.{i}.self_attn.linear_{q,k,v,out}``, ``feed_forward.w_{1,2}``, ``norm{1,2}``), so the
+  checkpoint loads under the prefix ``encoder.`` without renaming. ``after_norm`` is registered before
+  ``encoders`` because that is the reference's state-dict order.
+- One pre-LN block class (:class:`TransformerBlock`) serves both this encoder (no key bias, GELU) and
+  the adapter's transformer (key bias, ReLU); the bias flag and the FFN activation are arguments.
+- Attention is ``F.scaled_dot_product_attention`` with a boolean key-padding mask.
+- Output lengths are ``ceil(lengths / 2)`` per item. The reference derives them from the parity of
+  the padded batch length, which is off by one for some items; we fix that.
+- Padded frames are zeroed before each convolution, so a valid output frame never depends on how
+  much right padding its batch carries (in the reference the last valid frame sees the padding).
+- The positional table is Whisper's sinusoid formula, stored as a persistent buffer of
+  ``max_positions`` rows (the reference keeps 30 000 rows = 10 min at 50 Hz; Whisper keeps 1500).
+- Whisper weights load through an explicit key map (:func:`whisper_to_encoder_state_dict`) from the
+  openai-whisper or the transformers layout; their positional table is checked against our formula
+  and then dropped, because our buffer is the same formula with more rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from echat.config import EncoderConfig
+
+__all__ = [
+    "EncoderOutput",
+    "FeedForward",
+    "SelfAttention",
+    "SpeechEncoder",
+    "TransformerBlock",
+    "ceil_div",
+    "check_lengths",
+    "load_whisper_encoder",
+    "valid_mask",
+    "whisper_sinusoids",
+    "whisper_to_encoder_state_dict",
+]
+
+
+class EncoderOutput(NamedTuple):
+    """Encoder frames (50 Hz) and the number of valid frames per item."""
+
+    hidden: Tensor  # (B, T', D); padded frames are zero
+    lengths: Tensor  # (B,) int64
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared with the adapter
+# ----------------------------------------------------------------------------------------------
+
+
+def valid_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``(B, max_len)`` bool mask, True on the first ``lengths[b]`` frames of item ``b``."""
+    positions = torch.arange(max_len, device=lengths.device)  # (T,)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+
+
+def ceil_div(lengths: Tensor, stride: int) -> Tensor:
+    """``ceil(lengths / stride)`` in integer arithmetic."""
+    return torch.div(lengths + stride - 1, stride, rounding_mode="floor")
+
+
+def check_lengths(lengths: Tensor, batch: int, max_len: int, where: str) -> None:
+    """Raise ValueError unless ``lengths`` is ``(batch,)`` with every value in ``[1, max_len]``."""
+    if lengths.shape != (batch,):
+        raise ValueError(f"{where}: lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"{where}: lengths must be integers, got {lengths.dtype}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > max_len):
+        raise ValueError(f"{where}: every length must lie in [1, {max_len}], got {lengths.tolist()}")
+
+
+def whisper_sinusoids(length: int, channels: int) -> Tensor:
+    """Whisper's positional table ``(length, channels)``: ``[sin ‖ cos]`` of log-spaced timescales."""
+    if channels % 2 or channels < 4:
+        raise ValueError(f"Whisper sinusoids need an even channel count >= 4, got {channels}")
+    increment = math.log(10_000) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-increment * torch.arange(channels // 2, dtype=torch.float32))  # (D/2,)
+    scaled_time = torch.arange(length, dtype=torch.float32)[:, None] * inv_timescales[None, :]  # (L, D/2)
+    return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)  # (L, D)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer block (shared with the adapter)
+# ----------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with WeNet names; ``key_bias=False`` is Whisper's bias-free key."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, key_bias: bool) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.linear_q = nn.Linear(d_model, d_model)
+        self.linear_k = nn.Linear(d_model, d_model, bias=key_bias)
+        self.linear_v = nn.Linear(d_model, d_model)
+        self.linear_out = nn.Linear(d_model, d_model)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape  # (B, T, D)
+        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, T, D/H)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x`` (B, T, D); ``mask`` (B, T) bool, True on frames that may be attended to."""
+        b, t, d = x.shape
+        q = self._split_heads(self.linear_q(x))  # (B, H, T, D/H)
+        k = self._split_heads(self.linear_k(x))
+        v = self._split_heads(self.linear_v(x))
+        attn_mask = mask[:, None, None, :]  # (B, 1, 1, T)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        # y: (B, H, T, D/H)
+        return self.linear_out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN ``w_2(dropout(act(w_1(x))))`` (WeNet ``PositionwiseFeedForward``)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: nn.Module) -> None:
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, ffn_dim)
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout)
+        self.w_2 = nn.Linear(ffn_dim, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_2(self.dropout(self.activation(self.w_1(x))))  # (B, T, D)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: ``x + drop(attn(norm1(x)))`` then ``x + drop(ffn(norm2(x)))``."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attention_dropout: float,
+        key_bias: bool,
+        activation: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, n_heads, attention_dropout, key_bias)
+        self.feed_forward = FeedForward(d_model, ffn_dim, dropout, activation)
+        self.norm1 = nn.LayerNorm(d_model, eps=1e-5)
+        self.norm2 = nn.LayerNorm(d_model, eps=1e-5)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``x`` (B, T, D); ``mask`` (B, T) bool key-padding mask."""
+        x = x + self.dropout(self.self_attn(self.norm1(x), mask))  # (B, T, D)
+        return x + self.dropout(self.feed_forward(self.norm2(x)))  # (B, T, D)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder
+# ----------------------------------------------------------------------------------------------
+
+
+class WhisperPositionalEncoding(nn.Module):
+    """Adds Whisper sinusoids (scale 1.0) from the persistent buffer ``pe`` (1, max_positions, D)."""
+
+    def __init__(self, d_model: int, max_positions: int, dropout: float) -> None:
+        super().__init__()
+        self.register_buffer("pe", whisper_sinusoids(max_positions, d_model).unsqueeze(0))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(x + self.pe[:, : x.size(1)])  # (B, T, D)
+
+
+class Conv1dSubsampling2(nn.Module):
+    """Conv1d(k3, p1) → GELU → Conv1d(k3, s2, p1) → GELU, then positions (WeNet ``conv1d2``)."""
+
+    def __init__(self, n_mels: int, d_model: int, max_positions: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(n_mels, d_model, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+        )
+        self.pos_enc = WhisperPositionalEncoding(d_model, max_positions, dropout)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``feats`` (B, T, n_mels) → (B, ceil(T/2), D) and lengths ``ceil(lengths/2)``."""
+        mask = valid_mask(lengths, feats.size(1))  # (B, T)
+        x = feats.masked_fill(~mask.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, n_mels, T)
+        x = self.conv[1](self.conv[0](x))  # (B, D, T)
+        x = x.masked_fill(~mask.unsqueeze(1), 0.0)
+        x = self.conv[3](self.conv[2](x)).transpose(1, 2)  # (B, T', D)
+        return self.pos_enc(x), ceil_div(lengths, 2)
+
+
+class SpeechEncoder(nn.Module):
+    """Whisper encoder (WeNet layout): log-mel (100 Hz) → frames of width ``d_model`` (50 Hz)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.n_mels = cfg.n_mels
+        self.max_positions = cfg.max_positions
+        self.embed = Conv1dSubsampling2(cfg.n_mels, cfg.d_model, cfg.max_positions, cfg.dropout)
+        self.after_norm = nn.LayerNorm(cfg.d_model, eps=1e-5)
+        self.encoders = nn.ModuleList(
+            TransformerBlock(
+                cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
+                key_bias=False, activation=nn.GELU(),
+            )
+            for _ in range(cfg.n_layers)
+        )
+
+    @staticmethod
+    def output_lengths(lengths: Tensor) -> Tensor:
+        """Valid encoder frames for ``lengths`` mel frames: ``ceil(lengths / 2)``."""
+        return ceil_div(lengths, 2)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> EncoderOutput:
+        """``feats`` (B, T, n_mels), ``lengths`` (B,) → ``EncoderOutput`` (B, ceil(T/2), D)."""
+        if feats.dim() != 3 or feats.size(-1) != self.n_mels:
+            raise ValueError(
+                f"SpeechEncoder expects (B, T, {self.n_mels}) features, got {tuple(feats.shape)}"
+            )
+        batch, frames, _ = feats.shape
+        out_frames = math.ceil(frames / 2)
+        if out_frames > self.max_positions:
+            raise ValueError(
+                f"SpeechEncoder: {frames} mel frames give {out_frames} encoder frames, more than "
+                f"max_positions={self.max_positions}; split the audio or raise EncoderConfig.max_positions"
+            )
+        check_lengths(lengths, batch, frames, "SpeechEncoder")
+        x, out_lengths = self.embed(feats, lengths)  # (B, T', D)
+        mask = valid_mask(out_lengths, x.size(1))  # (B, T')
+        for block in self.encoders:
+            x = block(x, mask)  # (B, T', D)
+        x = self.after_norm(x).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, T', D)
+        return EncoderOutput(x, out_lengths)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whisper checkpoints
+# ----------------------------------------------------------------------------------------------
+
+# Per-layer module names: openai-whisper and transformers spellings → ours.
+_WHISPER_LAYER_MODULES = {
+    "attn.query": "self_attn.linear_q",
+    "attn.key": "self_attn.linear_k",
+    "attn.value": "self_attn.linear_v",
+    "attn.out": "self_attn.linear_out",
+    "attn_ln": "norm1",
+    "mlp.0": "feed_forward.w_1",
+    "mlp.2": "feed_forward.w_2",
+    "mlp_ln": "norm2",
+    "self_attn.q_proj": "self_attn.linear_q",
+    "self_attn.k_proj": "self_attn.linear_k",
+    "self_attn.v_proj": "self_attn.linear_v",
+    "self_attn.out_proj": "self_attn.linear_out",
+    "self_attn_layer_norm": "norm1",
+    "fc1": "feed_forward.w_1",
+    "fc2": "feed_forward.w_2",
+    "final_layer_norm": "norm2",
+}
+# Encoder-level module names (both layouts) → ours.
+_WHISPER_TOP_MODULES = {
+    "conv1": "embed.conv.0",
+    "conv2": "embed.conv.2",
+    "ln_post": "after_norm",
+    "layer_norm": "after_norm",
+}
+_WHISPER_POSITION_KEYS = ("positional_embedding", "embed_positions.weight")
+_LAYER_KEY = re.compile(r"(?:blocks|layers)\.(\d+)\.(.+)\.(weight|bias)")
+_TOP_KEY = re.compile(r"(.+)\.(weight|bias)")
+
+
+def _whisper_prefix(keys: Mapping[str, Tensor]) -> str:
+    """The prefix in front of encoder keys: a full model has ``model.encoder.`` or ``encoder.``."""
+    for prefix in ("model.encoder.", "encoder."):
+        if any(key.startswith(prefix) for key in keys):
+            return prefix
+    return ""
+
+
+def _our_key(name: str) -> str | None:
+    """Our key for one Whisper encoder key (prefix removed), or None when it has no counterpart."""
+    match = _LAYER_KEY.fullmatch(name)
+    if match and match.group(2) in _WHISPER_LAYER_MODULES:
+        index, module, kind = match.groups()
+        return f"encoders.{index}.{_WHISPER_LAYER_MODULES[module]}.{kind}"
+    match = _TOP_KEY.fullmatch(name)
+    if match and match.group(1) in _WHISPER_TOP_MODULES:
+        return f"{_WHISPER_TOP_MODULES[match.group(1)]}.{match.group(2)}"
+    return None
+
+
+def _check_whisper_positions(table: Tensor, key: str) -> None:
+    """Raise ValueError unless a Whisper positional table equals our sinusoid formula."""
+    if table.is_meta:
+        return
+    rows = table.reshape(-1, table.shape[-1]).detach().float().cpu()  # (P, D)
+    expected = whisper_sinusoids(rows.shape[0], rows.shape[1])  # (P, D)
+    tolerance = max(1e-4, torch.finfo(table.dtype).eps if table.dtype.is_floating_point else 0.0)
+    error = (rows - expected).abs().max().item() if rows.numel() else 0.0
+    if error > tolerance:
+        raise ValueError(
+            f"{key}: positional table differs from the Whisper sinusoids by up to {error:.2e} "
+            f"(tolerance {tolerance:.0e}); a learned table cannot be loaded into SpeechEncoder"
+        )
+
+
+def whisper_to_encoder_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an OpenAI-whisper or transformers Whisper encoder state dict to SpeechEncoder keys.
+
+    Keys may carry a prefix (``encoder.`` for openai-whisper and ``WhisperModel``,
+    ``model.encoder.`` for ``WhisperForConditionalGeneration``, none for ``WhisperEncoder``); keys
+    outside it (decoder, heads) are ignored. Map, openai-whisper | transformers -> ours:
+
+    - ``conv1`` | ``conv1`` -> ``embed.conv.0``; ``conv2`` | ``conv2`` -> ``embed.conv.2``
+    - ``blocks.N.attn.{query,key,value,out}`` | ``layers.N.self_attn.{q,k,v,out}_proj``
+      -> ``encoders.N.self_attn.linear_{q,k,v,out}``
+    - ``blocks.N.attn_ln`` | ``layers.N.self_attn_layer_norm`` -> ``encoders.N.norm1``
+    - ``blocks.N.mlp.0`` / ``mlp.2`` | ``layers.N.fc1`` / ``fc2`` -> ``encoders.N.feed_forward.w_1`` / ``w_2``
+    - ``blocks.N.mlp_ln`` | ``layers.N.final_layer_norm`` -> ``encoders.N.norm2``
+    - ``ln_post`` | ``layer_norm`` -> ``after_norm``
+    - ``positional_embedding`` | ``embed_positions.weight`` -> checked, then dropped
+
+    Whisper's positional table has 1500 rows, ours ``max_positions``; both are the same sinusoid
+    formula, so the given table is only checked against it (within 1e-4, or the table dtype's
+    epsilon for half-precision checkpoints) and the result has no ``embed.pos_enc.pe`` entry.
+    Raises ValueError on encoder keys that have no counterpart.
+    """
+    prefix = _whisper_prefix(state_dict)
+    ours: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, tensor in state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if name in _WHISPER_POSITION_KEYS:
+            _check_whisper_positions(tensor, key)
+            continue
+        target = _our_key(name)
+        if target is None or target in ours:
+            unknown.append(key)
+        else:
+            ours[target] = tensor
+    if unknown:
+        raise ValueError(f"unrecognised or duplicated Whisper encoder keys: {', '.join(unknown)}")
+    return ours
+
+
+def load_whisper_encoder(encoder: SpeechEncoder, state_dict: Mapping[str, Tensor]) -> None:
+    """Load Whisper encoder weights (any layout of :func:`whisper_to_encoder_state_dict`) in place.
+
+    The encoder keeps its own positional buffer. Missing keys, unexpected keys and shape mismatches
+    are all reported in one ValueError before anything is copied.
+    """
+    mapped = whisper_to_encoder_state_dict(state_dict)
+    own = encoder.state_dict()
+    mapped["embed.pos_enc.pe"] = own["embed.pos_enc.pe"]
+    missing = [key for key in own if key not in mapped]
+    unexpected = [key for key in mapped if key not in own]
+    mismatched = [
+        f"{key} {tuple(tensor.shape)} vs {tuple(own[key].shape)}"
+        for key, tensor in mapped.items()
+        if key in own and tensor.shape != own[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        lines = ["cannot load the Whisper weights into SpeechEncoder:"]
+        groups = (("missing", missing), ("unexpected", unexpected), ("shape (given vs ours)", mismatched))
+        for label, items in groups:
+            if items:
+                lines.append(f"  {label}: {', '.join(items)}")
+        raise ValueError("\n".join(lines))
+    encoder.load_state_dict(mapped, strict=True)

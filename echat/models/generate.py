@@ -1,0 +1,283 @@
+"""One ``generate()`` for every task: KV-cached, text phase then speech phase, streaming underneath.
+
+Design choices:
+- The prompt is built by the same layout function training uses (:func:`echat.prompts.build_layout`).
+- The phase (text head/table or speech head/table) is a local of each call, never model state:
+  text-output tasks start in the text phase and switch at ``<|im_end|>`` when they also speak;
+  TTS starts in the speech phase. The first speech token is the boundary id (it is always the first
+  speech target in training), generation stops at the second boundary or at the length limits.
+- :func:`stream` is the engine; :func:`generate` drains it, so both yield the same tokens.
+- Sampling uses transformers' logits processors (repetition penalty, temperature, top-k, top-p);
+  speech-only repetition blocking comes from :mod:`echat.models.speech`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DynamicCache, LogitsProcessorList
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from echat.audio import load_audio, log_mel
+from echat.config import GenerationOptions
+from echat.data.pipeline import SampleEncoder
+from echat.models.speech import apply_speech_blocking
+from echat.prompts import Turn, build_layout, default_options, instruction_prompts, parse_reply
+from echat.tokens import S2TCHAT, TEXT2TEXT, TEXT2TOKEN, THINK, OutputType, output_type
+
+
+@dataclass
+class Timings:
+    """Seconds from the call's start to the first text / first speech code, and decoding speed."""
+
+    first_text_s: float | None = None
+    first_speech_s: float | None = None
+    total_s: float = 0.0
+    n_text: int = 0
+    n_speech: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.n_text + self.n_speech) / self.total_s if self.total_s else 0.0
+
+
+@dataclass
+class GenerationResult:
+    """What one call produced; ``raw_text`` is the whole text phase (think block included)."""
+
+    task: str
+    kind: OutputType
+    raw_text: str
+    text: str
+    think: str | None
+    reply_emotion: str | None
+    think_well_formed: bool
+    speech_tokens: list[int]
+    text_ids: list[int]
+    timings: Timings
+    audio: np.ndarray | None = None  # filled by a token2wav, when one is attached
+
+
+@dataclass
+class StreamEvent:
+    """``kind`` is "text" (a decoded piece), "speech" (a chunk of speech codes) or "done" (the result)."""
+
+    kind: str
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    result: GenerationResult | None = None
+
+
+def default_task(audio, text, think: str) -> str:
+    """Speech in -> spoken reply (with think if asked); text only -> text reply."""
+    if audio is None:
+        return TEXT2TEXT
+    return f"{S2TCHAT} {TEXT2TOKEN} {THINK}" if think != "none" else f"{S2TCHAT} {TEXT2TOKEN}"
+
+
+def _as_wave(audio) -> np.ndarray:
+    if isinstance(audio, (str, Path)):
+        return load_audio(audio)
+    return np.asarray(audio.cpu() if isinstance(audio, torch.Tensor) else audio, dtype=np.float32)
+
+
+def build_prompt(model, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
+                 history: tuple = ()) -> tuple[OutputType, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(kind, ids (L,), stream (L,), clip features) of the prompt, ending at the assistant header.
+
+    ``history``: past turns as (wave, reply text, speech tokens) triples.
+    """
+    if model.tokenizer is None:
+        raise ValueError("this model has no text tokenizer attached (EChat(config, tokenizer=...))")
+    task = task or default_task(audio, text, think)
+    kind = output_type(task)
+    if think == "none" and kind.thinks:
+        raise ValueError(f"task {task} thinks; pass think='tag' or 'language'")
+    if kind.speech_in and audio is None:
+        raise ValueError(f"task {task} needs audio")
+    prompt_set = model.config.text.prompt_set
+    turns = tuple(Turn(i, reply, tuple(tokens)) for i, (_, reply, tokens) in enumerate(history))
+    clips = [_as_wave(wave) for wave, _, _ in history] + ([_as_wave(audio)] if kind.speech_in else [])
+    instruction = text or instruction_prompts(task, prompt_set)[0] if kind is OutputType.TEXT else ""
+    segments = build_layout(kind, prompt_set, boundary=model.config.speech.boundary_id, instruction=instruction,
+                            text_in=text or "", history=turns, audio_clip=len(turns))
+    feats = [log_mel(clip) for clip in clips]
+    ids, stream, _ = SampleEncoder(model.config, model.tokenizer).sequence(segments, feats)
+    return kind, ids, stream, feats
+
+
+def _processors(options: GenerationOptions) -> LogitsProcessorList:
+    procs = LogitsProcessorList()
+    if options.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
+    if options.do_sample:
+        if options.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(options.temperature))
+        if options.top_k:
+            procs.append(TopKLogitsWarper(options.top_k))
+        if options.top_p < 1.0:
+            procs.append(TopPLogitsWarper(options.top_p))
+    return procs
+
+
+def _pick(logits: torch.Tensor, history: list[int], options, procs, gen) -> int:
+    """Next id from logits (V,) given the ids generated so far in this phase."""
+    scores = logits[None].float()
+    if procs:
+        scores = procs(torch.tensor([history], dtype=torch.long, device=logits.device), scores)
+    if not options.do_sample:
+        return int(scores.argmax(-1))
+    return int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
+
+
+class _Decoder:
+    """Feeds one embedding at a time to the LLM, with or without a KV cache. embeds: (1, L, H)."""
+
+    def __init__(self, model, embeds: torch.Tensor, use_cache: bool):
+        self.lm, self.use_cache = model.causal_lm.model, use_cache
+        self.cache = DynamicCache() if use_cache else None
+        self.seq = embeds
+
+    def step(self, new: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden state (H,) after appending ``new`` (1, 1, H) (None = the prompt itself)."""
+        if self.use_cache:
+            x = self.seq if new is None else new
+            out = self.lm(inputs_embeds=x, cache=self.cache, use_cache=True)
+        else:
+            if new is not None:
+                self.seq = torch.cat([self.seq, new], dim=1)
+            out = self.lm(inputs_embeds=self.seq, use_cache=False)
+        return out.last_hidden_state[0, -1]
+
+
+class _TextStream:
+    """Decodes text ids piece by piece; a piece ending inside a multi-byte character waits for the next
+    token. Byte-level BPE decodes by concatenation, so the pieces join to the full decode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.pending = tokenizer, [], []
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        self.pending.append(token)
+        piece = self.tokenizer.decode(self.pending, clean_up_tokenization_spaces=False)
+        if piece.endswith("\ufffd"):
+            return ""
+        self.pending = []
+        return piece
+
+
+def _embed_one(model, token: int, speech: bool) -> torch.Tensor:
+    """Embedding (1, 1, H) of one generated id from the text or the speech table."""
+    table = model.speech_embedding if speech else model.llm.get_input_embeddings()
+    return table(torch.tensor([[token]], device=model.device))
+
+
+@torch.inference_mode()
+def stream(model, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
+           options: GenerationOptions | None = None, history: tuple = ()) -> Iterator[StreamEvent]:
+    """Generate, yielding text pieces and speech chunks as they come, then a "done" event."""
+    start = time.perf_counter()
+    task = task or default_task(audio, text, think)
+    kind, ids, codes, feats = build_prompt(model, audio, text, task, think, history)
+    options = options or default_options(kind)
+    special = SampleEncoder(model.config, model.tokenizer).ids
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True) if feats else None
+    lengths = torch.tensor([f.shape[0] for f in feats]) if feats else None
+    device = model.device
+    embeds = model.embed(ids[None].to(device), codes[None].to(device),
+                         padded.to(device) if feats else None, lengths.to(device) if feats else None)
+    decoder = _Decoder(model, embeds, options.use_cache)
+    gen = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
+    procs, timings, text_out = _processors(options), Timings(), _TextStream(model.tokenizer)
+    hidden, speech, ended = decoder.step(), [], not kind.text_out
+    if kind.text_out:
+        for _ in range(options.max_new_tokens):
+            token = _pick(model.causal_lm.lm_head(hidden), text_out.ids, options, procs, gen)
+            if token == special.im_end:
+                ended = True
+                break
+            timings.first_text_s = timings.first_text_s or time.perf_counter() - start
+            if piece := text_out.push(token):
+                yield StreamEvent("text", text=piece)
+            hidden = decoder.step(_embed_one(model, token, speech=False))
+    if kind.speech_out and ended:
+        if kind.text_out:
+            decoder.step(_embed_one(model, special.im_end, speech=False))
+        hidden = decoder.step(_embed_one(model, special.speech_boundary, speech=True))
+        yield from _speech_phase(model, decoder, hidden, speech, options, procs, gen, timings, start)
+    timings.total_s = time.perf_counter() - start
+    timings.n_text, timings.n_speech = len(text_out.ids), len(speech)
+    yield StreamEvent("done", result=_result(model, task, kind, text_out.ids, speech, timings))
+
+
+def _speech_phase(model, decoder, hidden, speech: list[int], options, procs, gen, timings, start):
+    """Sample speech codes until the closing boundary; appends to ``speech``, yields chunks."""
+    boundary = model.config.speech.boundary_id
+    chunk: list[int] = []
+    for _ in range(options.max_speech_tokens):
+        logits = apply_speech_blocking(model.speech_head(hidden), speech, options, boundary)
+        token = _pick(logits, speech, options, procs, gen)
+        if token == boundary:
+            break
+        timings.first_speech_s = timings.first_speech_s or time.perf_counter() - start
+        speech.append(token)
+        chunk.append(token)
+        if len(chunk) == options.stream_chunk:
+            yield StreamEvent("speech", tokens=chunk)
+            chunk = []
+        hidden = decoder.step(_embed_one(model, token, speech=True))
+    if chunk:
+        yield StreamEvent("speech", tokens=chunk)
+
+
+def _result(model, task, kind, text_ids, speech, timings) -> GenerationResult:
+    raw = model.tokenizer.decode(text_ids, clean_up_tokenization_spaces=False)
+    parsed = parse_reply(raw, model.config.text.prompt_set)
+    return GenerationResult(task=task, kind=kind, raw_text=raw, text=parsed.reply, think=parsed.think,
+                            reply_emotion=parsed.reply_emotion, think_well_formed=parsed.well_formed,
+                            speech_tokens=list(speech), text_ids=list(text_ids), timings=timings)
+
+
+def generate(model, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
+             options: GenerationOptions | None = None, history: tuple = ()) -> GenerationResult:
+    """Run one task end to end and return a :class:`GenerationResult`.
+
+    ``audio``: a 16 kHz waveform (array/tensor) or a file path; ``text``: the instruction (understanding
+    tasks), the question (T2T) or the text to speak (TTS); ``task``: a task tag string (default: spoken
+    reply for audio, text reply for text); ``think``: none | tag | language; ``options``: decoding
+    settings (default: the reference's for this task).
+    """
+    for event in stream(model, audio, text, task, think, options, history):
+        if event.kind == "done":
+            return event.result
+    raise RuntimeError("generation ended without a result")
+
+
+class Conversation:
+    """Multi-turn spoken dialogue; history is laid out exactly as in training (no think in history)."""
+
+    def __init__(self, model, think: str = "none", max_turns: int = 5, options: GenerationOptions | None = None):
+        self.model, self.think, self.max_turns, self.options = model, think, max_turns, options
+        self.turns: list[tuple[np.ndarray, str, list[int]]] = []
+
+    def say(self, audio) -> GenerationResult:
+        """Reply to one user clip, then remember the turn (reply text without think, speech codes)."""
+        wave = _as_wave(audio)
+        result = generate(self.model, wave, think=self.think, options=self.options,
+                          history=tuple(self.turns[-self.max_turns:]))
+        self.turns.append((wave, result.text, result.speech_tokens))
+        return result
+
+    def reset(self) -> None:
+        self.turns.clear()

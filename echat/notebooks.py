@@ -1,0 +1,445 @@
+"""Run the numbered notebooks headless, and the small display helpers the notebooks share.
+
+Running: :func:`run_notebook` executes one notebook with papermill (parameters injected into the
+cell tagged ``parameters``, working directory = the notebook's folder, as in JupyterLab);
+:func:`run_all` runs every ``notebooks/NN_*.ipynb``, renders each to HTML and writes an
+``index.html``. ``python -m echat.notebooks --preset mini --out runs/demo`` is what ``make demo`` calls.
+
+Displaying: :class:`Rendered` carries a plain-text and an HTML form of the same view (notebooks show
+the HTML, ``print`` shows the text); :func:`table`, :func:`preset_table`, :func:`module_table`,
+:func:`layout_view`, :func:`example_strip`, :func:`category_counts` and :func:`batch_table` build
+them. Heavy imports (papermill, nbconvert, torch) happen inside the functions that need them, so
+``import echat.notebooks`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import html
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+KERNEL_NAME = "python3"
+_NUMBERED = re.compile(r"\d\d_.+\.ipynb")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running notebooks
+# ----------------------------------------------------------------------------------------------
+
+
+class NotebookError(RuntimeError):
+    """A notebook that failed to run; the message names the notebook and the failing cell."""
+
+
+@dataclass
+class NotebookResult:
+    """Outcome of one notebook run: ``seconds`` of wall time, ``error`` empty when ``ok``."""
+
+    name: str
+    ok: bool
+    seconds: float
+    error: str = ""
+    notebook: Path | None = None  # the executed copy
+    html: Path | None = None  # its HTML rendering
+
+
+def numbered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The ``NN_*.ipynb`` notebooks of ``folder``, sorted by name (so by number)."""
+    return sorted(p for p in Path(folder).glob("*.ipynb") if _NUMBERED.fullmatch(p.name))
+
+
+def run_notebook(path: str | Path, out_path: str | Path, parameters: dict, timeout: int = 1800) -> Path:
+    """Execute ``path`` with papermill into ``out_path`` and return ``out_path``.
+
+    ``parameters`` replace the defaults of the cell tagged ``parameters``; the kernel is ``python3``
+    and starts in the notebook's own folder; ``timeout`` is in seconds per cell. Raises
+    :class:`NotebookError` naming the notebook and the failing cell (the executed copy is still
+    written, with the error in place).
+    """
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    path, out_path = Path(path).resolve(), Path(out_path).resolve()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(path), str(out_path), parameters=parameters, kernel_name=KERNEL_NAME,
+                            cwd=str(path.parent), execution_timeout=timeout, progress_bar=False)
+    except pm.PapermillExecutionError as err:
+        first_line = (err.source or "").strip().splitlines()[:1]
+        raise NotebookError(f"{path.name}: cell {err.cell_index} (execution {err.exec_count}, "
+                            f"{first_line[0] if first_line else 'empty'!r}) failed: "
+                            f"{err.ename}: {err.evalue}") from None
+    except (CellTimeoutError, DeadKernelError) as err:
+        raise NotebookError(f"{path.name}: {type(err).__name__}: {err}") from None
+    return out_path
+
+
+def select_notebooks(only: Sequence[str] | None = None, folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Numbered notebooks whose name starts with one of ``only`` (e.g. ``["00", "02"]``); all if empty."""
+    notebooks = numbered_notebooks(folder)
+    if not only:
+        return notebooks
+    chosen = [p for p in notebooks if any(p.name.startswith(prefix) for prefix in only)]
+    missing = [prefix for prefix in only if not any(p.name.startswith(prefix) for p in notebooks)]
+    if missing:
+        names = ", ".join(p.name for p in notebooks) or "none"
+        raise ValueError(f"no notebook matches {missing}; available: {names}")
+    return chosen
+
+
+def run_all(out_dir: str | Path, preset: str = "mini",
+            only: Sequence[str] | None = None) -> list[NotebookResult]:
+    """Run the numbered notebooks (or those matching ``only``) with ``PRESET`` and ``RUN_DIR`` set.
+
+    Executed copies and their HTML go to ``out_dir``, with ``out_dir/index.html`` linking them.
+    ``RUN_DIR`` is passed as an absolute path, since notebooks run in their own folder.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    progress = tqdm(select_notebooks(only), desc=f"notebooks ({preset})", unit="nb")
+    for path in progress:
+        progress.set_postfix_str(path.name)
+        results.append(_run_one(path, out_dir, preset))
+    progress.close()
+    write_index(out_dir, results, preset)
+    return results
+
+
+def _run_one(path: Path, out_dir: Path, preset: str) -> NotebookResult:
+    """Run and render one notebook, turning a failure into a result instead of an exception."""
+    out = out_dir / path.name
+    start = time.perf_counter()
+    error = ""
+    try:
+        run_notebook(path, out, {"PRESET": preset, "RUN_DIR": str(out_dir)})
+    except NotebookError as err:
+        error = str(err)
+    seconds = time.perf_counter() - start
+    page = render_html(out) if out.is_file() else None
+    return NotebookResult(path.stem, not error, seconds, error, out if out.is_file() else None, page)
+
+
+def render_html(notebook: Path) -> Path | None:
+    """Write ``notebook`` as HTML next to it (nbconvert's ``HTMLExporter``); None if that fails."""
+    from nbconvert import HTMLExporter
+
+    try:
+        body, _ = HTMLExporter().from_filename(str(notebook))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:  # keep the run's own result
+        print(f"warning: could not render {notebook.name} to HTML: {err}", file=sys.stderr)
+        return None
+    page = notebook.with_suffix(".html")
+    page.write_text(body, encoding="utf-8")
+    return page
+
+
+def write_index(out_dir: Path, results: list[NotebookResult], preset: str) -> Path:
+    """``out_dir/index.html``: one row per notebook with a link, status and wall time."""
+    rows = []
+    for r in results:
+        name = html.escape(r.name)
+        link = f'<a href="{html.escape(r.html.name)}">{name}</a>' if r.html else name
+        status = "ok" if r.ok else "FAILED"
+        rows.append(f"<tr><td>{link}</td><td class='{status.lower()}'>{status}</td>"
+                    f"<td>{r.seconds:.1f} s</td><td><pre>{html.escape(r.error)}</pre></td></tr>")
+    total = sum(r.seconds for r in results)
+    page = (f"<!doctype html><meta charset='utf-8'><title>echat notebooks ({html.escape(preset)})</title>"
+            "<style>body{font-family:sans-serif}td{padding:2px 12px;vertical-align:top}"
+            ".ok{color:#070}.failed{color:#b00;font-weight:bold}pre{margin:0;white-space:pre-wrap}</style>"
+            f"<h1>echat notebooks, preset <code>{html.escape(preset)}</code></h1>"
+            f"<p>{sum(r.ok for r in results)}/{len(results)} ok, {total:.1f} s in all, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>"
+            "<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>error</th></tr>"
+            + "".join(rows) + "</table>")
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def summary(results: list[NotebookResult]) -> str:
+    """A plain-text table of the results (name, status, seconds, first line of the error)."""
+    rows = [[r.name, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", (r.error.splitlines() or [""])[0]]
+            for r in results]
+    return table(["notebook", "status", "seconds", "error"], rows).text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m echat.notebooks``: run the notebooks, print a summary, exit 1 if any failed."""
+    from echat.config import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m echat.notebooks", description="Run every numbered notebook headless.",
+        epilog="example:\n  python -m echat.notebooks --preset mini --out runs/demo --only 00 02",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="mini", choices=sorted(PRESETS))
+    parser.add_argument("--out", default="runs/demo", help="folder for executed notebooks and index.html")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 00 02")
+    args = parser.parse_args(argv)
+    try:
+        results = run_all(args.out, args.preset, args.only)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(summary(results))
+    print(f"report: {Path(args.out).resolve() / 'index.html'}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Display helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One view in two forms: notebooks display ``html``; ``print`` and ``repr`` give ``text``."""
+
+    text: str
+    html: str
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str = "") -> Rendered:
+    """A table as aligned text columns and as an HTML table (no pandas needed)."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def cell(tag: str, content: str) -> str:
+        return f"<{tag} style='text-align:left;padding:2px 10px'>{html.escape(content)}</{tag}>"
+
+    text = "\n".join([*([caption] if caption else []), line(header), line(["-" * w for w in widths]),
+                      *map(line, rows)])
+    body = "".join("<tr>" + "".join(cell("td", c) for c in r) + "</tr>" for r in rows)
+    head = "<tr>" + "".join(cell("th", str(h)) for h in header) + "</tr>"
+    cap = f"<caption style='text-align:left'>{html.escape(caption)}</caption>" if caption else ""
+    return Rendered(text, f"<table>{cap}{head}{body}</table>")
+
+
+def preset_table(names: Sequence[str] = ("smoke", "mini", "osum-echat")) -> Rendered:
+    """The presets side by side: component sizes read from each config."""
+    from echat.config import preset
+
+    configs = [preset(n) for n in names]
+    rows = [
+        ("world", lambda c: c.world),
+        ("encoder d_model × layers", lambda c: f"{c.encoder.d_model} × {c.encoder.n_layers}"),
+        ("encoder heads / ffn", lambda c: f"{c.encoder.n_heads} / {c.encoder.ffn_dim}"),
+        ("adapter d_model × layers", lambda c: f"{c.adapter.d_model} × {c.adapter.n_layers}"),
+        ("adapter downsampling", lambda c: f"×{c.adapter.downsample_rate} (strides "
+                                           f"{'·'.join(map(str, c.adapter.conv_strides))})"),
+        ("LLM hidden × layers", lambda c: f"{c.llm.hidden_size} × {c.llm.n_layers}"),
+        ("LLM heads (kv) / ffn",
+         lambda c: f"{c.llm.n_heads} ({c.llm.n_kv_heads}) / {c.llm.intermediate_size}"),
+        ("LLM weights", lambda c: c.llm.pretrained or "trained here"),
+        ("text vocab rows", lambda c: f"{c.llm.vocab_size:,}"),
+        ("text tokenizer", lambda c: c.text.tokenizer),
+        ("prompt set", lambda c: c.text.prompt_set),
+        ("speech codebook", lambda c: f"{c.speech.codebook_size:,} ({c.speech.tokenizer})"),
+        ("speech ids: boundary, BOS, EOS", lambda c: f"{c.speech.boundary_id}, {c.speech.audio_bos_id}, "
+                                                     f"{c.speech.audio_eos_id}"),
+        ("max clip length", lambda c: f"{c.audio.max_seconds:g} s"),
+    ]
+    return table(["", *names], [[label, *(get(c) for c in configs)] for label, get in rows])
+
+
+def module_table(package_dir: Path = PACKAGE_DIR) -> Rendered:
+    """Every module of the package with the first line of its docstring (read, not imported)."""
+    rows = []
+    for path in sorted(package_dir.rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        except SyntaxError:
+            doc = "(being written)"
+        name = ".".join(path.relative_to(package_dir.parent).with_suffix("").parts).removesuffix(".__init__")
+        rows.append([name, doc.strip().splitlines()[0] if doc.strip() else ""])
+    return table(["module", "what it holds"], rows)
+
+
+def raw_record(line: str, max_list: int = 10) -> str:
+    """One manifest line as readable text: a field per line, ``extra`` spread out, long lists cut."""
+
+    def short(value: object) -> str:
+        if isinstance(value, list) and len(value) > max_list:
+            return json.dumps(value[:max_list])[:-1] + f", … ({len(value)} in all)]"
+        return json.dumps(value, ensure_ascii=False)
+
+    lines = []
+    for name, value in json.loads(line).items():
+        if name == "extra" and isinstance(value, dict):
+            lines += ["extra:", *(f"  {k}: {short(v)}" for k, v in value.items())]
+        else:
+            lines.append(f"{name}: {short(value)}")
+    return "\n".join(lines)
+
+
+# --- layouts and what the loss sees ------------------------------------------------------------
+
+STYLES = {  # category -> (background colour, legend)
+    "prompt": ("#e8e8e8", "prompt text (no loss)"),
+    "audio": ("#cfe2ff", "audio: encoder frames after the adapter"),
+    "speech_in": ("#e2d9f3", "speech ids in the input (audio BOS/EOS, history speech)"),
+    "text_target": ("#b7ebc0", "text target (loss)"),
+    "speech_target": ("#ffd8a8", "speech target (loss)"),
+    "excluded": ("#f8c0c0", "&& of <&&>: inside the target, excluded from the loss"),
+}
+_MARKS = {"text_target": ("⟦", "⟧"), "speech_target": ("⟦", "⟧"), "audio": ("", ""),
+          "speech_in": ("", ""), "prompt": ("", ""), "excluded": ("{", "}")}
+
+
+def _span(text: str, category: str, title: str = "") -> str:
+    colour = STYLES[category][0]
+    weight = "bold" if category.endswith("target") else "normal"
+    tip = f" title='{html.escape(title)}'" if title else ""
+    return (f"<span style='background:{colour};font-weight:{weight};border-radius:3px;padding:0 2px;"
+            f"margin:1px'{tip}>{html.escape(text)}</span>")
+
+
+def _legend(categories: Iterable[str]) -> str:
+    return " ".join(_span(STYLES[c][1], c) for c in STYLES if c in set(categories))
+
+
+def _pre(inner: str) -> str:
+    return f"<div style='font-family:monospace;white-space:pre-wrap;line-height:1.7'>{inner}</div>"
+
+
+def _speech_text(tokens: Sequence[int], boundary: int, limit: int = 12) -> str:
+    shown = ["B" if t == boundary else f"s{t}" for t in tokens[:limit]]
+    more = f" … ({len(tokens)} ids)" if len(tokens) > limit else ""
+    return "[SPEECH " + " ".join(shown) + more + "]"
+
+
+def layout_view(segments, positions: Sequence[int] = (), boundary: int | None = None) -> Rendered:
+    """A task layout (list of :class:`~echat.prompts.Segment`) as a marked string.
+
+    Audio segments read ``[AUDIO clip k ×n positions]`` (``positions[k]`` LLM positions, when given,
+    plus the audio BOS/EOS); speech reads ``[SPEECH B s1 s2 … B]`` (``B`` = ``boundary``); loss-bearing
+    parts are bold and coloured in HTML, and wrapped in ``⟦ ⟧`` in text.
+    """
+    pieces = []
+    for seg in segments:
+        if seg.kind == "text":
+            piece = seg.text.replace("\n", "⏎\n")
+        elif seg.kind == "audio":
+            n = f" ×{positions[seg.clip]} positions" if seg.clip < len(positions) else ""
+            piece = f"[AUDIO clip {seg.clip}{n}]"
+        else:
+            piece = _speech_text(seg.tokens, boundary if boundary is not None else -1)
+        category = ("speech_target" if seg.kind == "speech" else "text_target") if seg.loss else (
+            "audio" if seg.kind == "audio" else "speech_in" if seg.kind == "speech" else "prompt")
+        pieces.append((piece, category))
+    text = "".join(_MARKS[c][0] + p + _MARKS[c][1] for p, c in pieces)
+    body = "".join(_span(p, c) for p, c in pieces)
+    return Rendered(text, _pre(body) + _legend(c for _, c in pieces))
+
+
+def clip_positions(sample, config) -> list[int]:
+    """LLM positions of each clip of a :class:`~echat.data.pipeline.Sample` (history first, then current)."""
+    from echat.audio import num_frames
+
+    clips = [*sample.history_audio, *([sample.audio] if sample.audio is not None else [])]
+    return [config.llm_positions(num_frames(len(wave))) for wave in clips]
+
+
+def position_categories(example, special) -> list[str]:
+    """What each position of an encoded :class:`~echat.data.pipeline.Example` is for the loss (see STYLES)."""
+    from echat.tokens import IGNORE_INDEX, Stream
+
+    out = []
+    for token, stream, label in zip(example.ids.tolist(), example.stream.tolist(), example.labels.tolist()):
+        if stream == Stream.AUDIO:
+            out.append("audio")
+        elif label != IGNORE_INDEX:
+            out.append("speech_target" if stream == Stream.SPEECH else "text_target")
+        elif stream == Stream.SPEECH:
+            out.append("speech_in")
+        else:
+            out.append("excluded" if token == special.unknown else "prompt")
+    return out
+
+
+def example_strip(example, tokenizer, special) -> Rendered:
+    """Every position of an encoded example as a coloured strip: token pieces, audio runs, speech ids.
+
+    Runs of audio positions are collapsed to one ``AUDIO ×n`` block; hovering a token shows its id,
+    stream and label. In the text form tokens are separated by spaces and a space inside one reads ``·``.
+    """
+    categories = position_categories(example, special)
+    ids, labels, streams = example.ids.tolist(), example.labels.tolist(), example.stream.tolist()
+    spans, words, i = [], [], 0
+    while i < len(ids):
+        if categories[i] == "audio":
+            j = i
+            while j < len(ids) and categories[j] == "audio":
+                j += 1
+            piece, title, i = f"AUDIO ×{j - i}", f"positions {i}..{j - 1}", j
+            category = "audio"
+        else:
+            piece = _piece(ids[i], streams[i], tokenizer, special)
+            title = f"pos {i}: id {ids[i]}, stream {streams[i]}, label {labels[i]}"
+            category, i = categories[i], i + 1
+        spans.append(_span(piece, category, title))
+        words.append(_MARKS[category][0] + piece.replace(" ", "·") + _MARKS[category][1])
+    return Rendered(" ".join(words), _pre("".join(spans)) + _legend(categories))
+
+
+def _piece(token: int, stream: int, tokenizer, special) -> str:
+    """Readable form of one id: decoded text piece, or a speech id name."""
+    from echat.tokens import Stream
+
+    if stream == Stream.SPEECH:
+        names = {special.speech_boundary: "B", special.audio_bos: "<bos>", special.audio_eos: "<eos>"}
+        return names.get(token, f"s{token}")
+    return tokenizer.decode([token]).replace("\n", "⏎")
+
+
+def category_counts(example, special) -> Rendered:
+    """How many positions of an example fall in each category (prompt, audio, targets, ...)."""
+    categories = position_categories(example, special)
+    rows = [[c, categories.count(c), STYLES[c][1]] for c in STYLES if c in categories]
+    return table(["category", "positions", "meaning"], rows + [["total", len(categories), ""]])
+
+
+def batch_table(batches, kind_of: dict | None = None) -> Rendered:
+    """One row per :class:`~echat.data.pipeline.Batch`: output type, rows, keys, tensor shapes, targets.
+
+    With ``kind_of`` (record key -> output type) the last column checks that every row of a batch
+    has the batch's output type.
+    """
+    from echat.tokens import IGNORE_INDEX
+
+    rows = []
+    for b in batches:
+        same = "?" if kind_of is None else "yes" if all(kind_of[k] == b.kind for k in b.keys) else "NO"
+        rows.append([b.kind.value, len(b.keys), ", ".join(b.keys), tuple(b.ids.shape), tuple(b.labels.shape),
+                     tuple(b.feats.shape), int((b.labels != IGNORE_INDEX).sum()), same])
+    header = ["output type", "rows", "keys", "ids", "labels", "feats", "loss positions", "all rows this type"]
+    return table(header, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

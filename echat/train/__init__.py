@@ -1,0 +1,1 @@
+"""Training: named trainable sets per stage (``stages``); the trainer and recipes build on them."""

@@ -1,0 +1,71 @@
+"""Which parameters train in each stage, applied by one function.
+
+Stages (the paper's understanding-driven recipe; the reference encodes them only as ``fire_module``
+switches, its released config trains everything):
+- ``understanding``: encoder + adapter; the LLM and the speech embedding/head are frozen.
+- ``generation``: adapter + LLM (all of it, or only LoRA weights when LoRA is on) + speech
+  embedding/head; the encoder only when asked (``train_encoder=True``).
+- ``empathy``: everything, minus the modules named in ``freeze``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+STAGES = ("understanding", "generation", "empathy")
+MODULES = ("encoder", "adapter", "llm", "speech_embedding", "speech_head")
+
+
+def add_lora(model) -> None:
+    """Wrap ``model.llm`` with peft LoRA using ``config.llm.lora`` (reference: r 64, alpha 32,
+    dropout 0.1, on q, k, v, o, gate and down projections)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = model.config.llm.lora
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    model.llm = get_peft_model(model.llm, peft_config)
+    model.config.llm.lora.enabled = True
+
+
+def _uses_lora(model) -> bool:
+    return hasattr(model.llm, "peft_config")
+
+
+def trainable_modules(stage: str, train_encoder: bool = False, freeze: Iterable[str] = ()) -> set[str]:
+    """Top-level module names trained in ``stage``."""
+    if stage == "understanding":
+        return {"encoder", "adapter"}
+    if stage == "generation":
+        return {"adapter", "llm", "speech_embedding", "speech_head"} | ({"encoder"} if train_encoder else set())
+    if stage == "empathy":
+        unknown = set(freeze) - set(MODULES)
+        if unknown:
+            raise ValueError(f"cannot freeze unknown module(s) {sorted(unknown)}; modules are {MODULES}")
+        return set(MODULES) - set(freeze)
+    raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+
+
+def apply_stage(model, stage: str, train_encoder: bool = False, freeze: Iterable[str] = ()) -> dict[str, int]:
+    """Set ``requires_grad`` for ``stage`` and return the trainable parameter count per module.
+
+    With LoRA on the LLM, only its LoRA weights train (peft's own freezing of the base is kept).
+    """
+    chosen = trainable_modules(stage, train_encoder, freeze)
+    for name in MODULES:
+        module: nn.Module = getattr(model, name)
+        for pname, param in module.named_parameters():
+            lora_only = name == "llm" and _uses_lora(model)
+            param.requires_grad = name in chosen and (not lora_only or "lora_" in pname)
+    return trainable_counts(model)
+
+
+def trainable_counts(model) -> dict[str, int]:
+    """Trainable parameters per top-level module (tied tensors counted once)."""
+    counts = {}
+    for name in MODULES:
+        seen = {id(p): p for p in getattr(model, name).parameters() if p.requires_grad}
+        counts[name] = sum(p.numel() for p in seen.values())
+    return counts

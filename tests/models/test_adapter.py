@@ -1,0 +1,109 @@
+"""Adapter: key layout, causal downsampling, padding invariance and the 12.5 Hz length arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from echat.config import AdapterConfig, preset
+from echat.models.adapter import Adapter, wenet_sinusoids
+from echat.models.encoder import SpeechEncoder
+
+TINY = AdapterConfig(d_model=32, n_layers=2, n_heads=2, ffn_dim=48, max_positions=400, dropout=0.0)
+
+
+def _adapter(cfg: AdapterConfig = TINY, input_dim: int = 24, output_dim: int = 40, seed: int = 0) -> Adapter:
+    torch.manual_seed(seed)
+    return Adapter(cfg, input_dim, output_dim).eval()
+
+
+def test_state_dict_keys():
+    keys = list(_adapter().state_dict())
+    assert keys[:6] == [
+        "downsample.conv.1.weight", "downsample.conv.1.bias", "downsample.conv.4.weight",
+        "downsample.conv.4.bias", "downsample.conv.7.weight", "downsample.conv.7.bias",
+    ]
+    assert keys[6:13] == [
+        "transformer.embed.out.0.weight", "transformer.embed.out.0.bias", "transformer.embed.out.1.weight",
+        "transformer.embed.out.1.bias", "transformer.embed.pos_enc.pe",
+        "transformer.after_norm.weight", "transformer.after_norm.bias",
+    ]
+    attention = [k for k in keys if k.startswith("transformer.encoders.0.self_attn.")]
+    assert len(attention) == 8  # q, k, v and out all carry a bias
+    assert keys[-2:] == ["proj.weight", "proj.bias"]
+
+
+def test_shapes_and_strides():
+    adapter = _adapter()
+    assert adapter.downsample.conv[1].weight.shape == (32, 24, 3)
+    assert [adapter.downsample.conv[i].stride[0] for i in (1, 4, 7)] == [1, 2, 2]
+    out, lengths = adapter(torch.randn(2, 50, 24), torch.tensor([50, 13]))
+    assert out.shape == (2, 13, 40)
+    assert lengths.tolist() == [13, 4]
+    assert torch.all(out[1, 4:] == 0)
+
+
+def test_positional_buffer_is_wenet_sinusoids():
+    pe = _adapter().transformer.embed.pos_enc.pe  # (1, 400, 32)
+    assert pe.shape == (1, 400, 32)
+    position = torch.arange(400, dtype=torch.float64)[:, None]
+    div_term = torch.exp(torch.arange(0, 32, 2, dtype=torch.float64) * -(math.log(10_000.0) / 32))
+    assert torch.allclose(pe[0, :, 0::2], (position * div_term).sin().float(), atol=1e-5)
+    assert torch.allclose(pe[0, :, 1::2], (position * div_term).cos().float(), atol=1e-5)
+    assert torch.equal(wenet_sinusoids(400, 32), pe[0])
+
+
+def test_causal_downsampler_ignores_right_padding():
+    adapter = _adapter()
+    torch.manual_seed(1)
+    short = torch.randn(1, 23, 24)
+    alone, alone_len = adapter(short, torch.tensor([23]))
+    batch = torch.randn(2, 61, 24) * 5.0  # noisy padding after frame 23
+    batch[0, :23] = short[0]
+    padded, padded_len = adapter(batch, torch.tensor([23, 61]))
+    assert alone_len.tolist() == [6] and padded_len.tolist() == [6, 16]
+    assert torch.allclose(padded[0, :6], alone[0], atol=1e-5)
+
+
+def test_lengths_agree_with_config_after_the_encoder():
+    cfg = preset("smoke")
+    torch.manual_seed(0)
+    encoder = SpeechEncoder(cfg.encoder).eval()
+    adapter = Adapter(cfg.adapter, cfg.encoder.d_model, cfg.llm.hidden_size).eval()
+    assert cfg.adapter.downsample_rate == 4
+    mel_lengths = [1, 2, 7, 8, 9, 31, 64, 97]
+    feats = torch.randn(len(mel_lengths), max(mel_lengths), cfg.encoder.n_mels)
+    with torch.no_grad():
+        hidden, enc_lengths = encoder(feats, torch.tensor(mel_lengths))
+        out, lengths = adapter(hidden, enc_lengths)
+    assert lengths.tolist() == [cfg.llm_positions(n) for n in mel_lengths]
+    assert out.shape == (len(mel_lengths), cfg.llm_positions(max(mel_lengths)), cfg.llm.hidden_size)
+
+
+def test_reference_rate_is_12_5_hz():
+    cfg = preset("osum-echat")
+    assert cfg.llm_positions(1000) == 125 and cfg.llm_positions(3000) == 375
+    adapter = _adapter()
+    assert adapter.output_lengths(torch.tensor([500, 1500])).tolist() == [125, 375]
+
+
+def test_too_long_input_is_rejected():
+    cfg = AdapterConfig(d_model=32, n_layers=1, n_heads=2, ffn_dim=48, max_positions=5, dropout=0.0)
+    adapter = _adapter(cfg)
+    adapter(torch.randn(1, 20, 24), torch.tensor([20]))
+    with pytest.raises(ValueError, match="max_positions=5"):
+        adapter(torch.randn(1, 21, 24), torch.tensor([21]))
+
+
+def test_wrong_width_is_rejected():
+    with pytest.raises(ValueError, match=r"\(B, T, 24\)"):
+        _adapter()(torch.randn(1, 8, 25), torch.tensor([8]))
+
+
+def test_gradients_reach_every_parameter():
+    adapter = _adapter().train()
+    out, _ = adapter(torch.randn(2, 30, 24), torch.tensor([30, 9]))
+    out.pow(2).sum().backward()
+    assert all(p.grad is not None for p in adapter.parameters())

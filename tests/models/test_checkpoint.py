@@ -1,0 +1,128 @@
+"""Our checkpoints and the reference format: round trips, the golden layout, and every bad file."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from echat.config import GenerationOptions, preset
+from echat.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_reference_checkpoint,
+    reference_layout,
+    save_checkpoint,
+    save_reference_checkpoint,
+)
+from echat.models.echat import EChat
+from echat.tokens import OutputType
+
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "osum_echat_state_dict.tsv"
+GREEDY = GenerationOptions(do_sample=False, max_new_tokens=20, max_speech_tokens=30)
+
+
+def _outputs(model, batch, wave):
+    loss = model(batch).loss
+    result = model.generate(wave, task="<S2TCHAT> <TEXT2TOKEN>", options=GREEDY)
+    return loss, result.text_ids, result.speech_tokens
+
+
+def test_layout_command_prints_the_golden_layout_line_for_line():
+    out = subprocess.run([sys.executable, "-m", "echat", "layout", "--preset", "osum-echat"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.splitlines() == GOLDEN.read_text().splitlines()
+    assert len(out.stdout.splitlines()) == 888
+
+
+def test_smoke_layout_has_the_same_keys_as_the_full_one():
+    full = [line.split("\t")[0] for line in GOLDEN.read_text().splitlines()]
+    smoke = [line.split("\t")[0] for line in reference_layout("smoke")]
+    strip = lambda keys: sorted({k.split(".")[0] for k in keys})  # noqa: E731
+    assert strip(full) == strip(smoke)
+
+
+def test_reference_export_and_import_give_identical_outputs(smoke_model, batch_of, fixture_samples, tmp_path):
+    batch = batch_of(OutputType.S2S)
+    wave = fixture_samples[0].audio
+    before = _outputs(smoke_model, batch, wave)
+    path = save_reference_checkpoint(smoke_model, tmp_path / "model.pt", dtype=torch.float32)
+    loaded = load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=smoke_model.config).eval()
+    after = _outputs(loaded, batch, wave)
+    assert torch.equal(before[0], after[0]) and before[1:] == after[1:]
+    keys = list(torch.load(path, weights_only=True))
+    assert "speech_token_emded.weight" in keys and "ln_speech.weight" in keys and "embed_tokens.weight" in keys
+
+
+def test_reference_export_defaults_to_bf16_and_keeps_aliases_shared(smoke_model, tmp_path):
+    path = save_reference_checkpoint(smoke_model, tmp_path / "model.pt")
+    state = torch.load(path, weights_only=True)
+    assert all(t.dtype == torch.bfloat16 for t in state.values())
+    assert state["embed_tokens.weight"].data_ptr() == state["llama_model.model.embed_tokens.weight"].data_ptr()
+
+
+def test_our_checkpoint_round_trip(smoke_model, batch_of, fixture_samples, tmp_path):
+    batch = batch_of(OutputType.S2S)
+    before = _outputs(smoke_model, batch, fixture_samples[0].audio)
+    save_checkpoint(smoke_model, tmp_path / "ckpt")
+    save_checkpoint(smoke_model, tmp_path / "ckpt")  # overwriting is atomic too
+    loaded = EChat.from_checkpoint(tmp_path / "ckpt").eval()
+    assert loaded.config == smoke_model.config
+    assert _outputs(loaded, batch, fixture_samples[0].audio)[1:] == before[1:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_wrong_shapes_are_reported_with_the_key(smoke_model, tmp_path):
+    path = save_reference_checkpoint(smoke_model, tmp_path / "model.pt")
+    state = torch.load(path, weights_only=True)
+    state["speech_head.bias"] = torch.zeros(3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"speech_head.bias \(3,\)"):
+        load_reference_checkpoint(tmp_path / "bad.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+
+
+def test_missing_and_unexpected_keys_are_reported_in_one_error(smoke_model, tmp_path):
+    state = torch.load(save_reference_checkpoint(smoke_model, tmp_path / "m.pt"), weights_only=True)
+    del state["speech_head.weight"]
+    state["extra.thing"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"1 missing key.*speech_head.weight.*1 unexpected key.*extra.thing"):
+        load_reference_checkpoint(tmp_path / "bad.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+
+
+def test_a_checkpoint_of_another_preset_is_rejected(smoke_model, tmp_path):
+    path = save_reference_checkpoint(smoke_model, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="does not match the mini layout: 97 missing"):
+        load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=preset("mini"))
+    one_layer_mini = preset("mini")
+    one_layer_mini.encoder.n_layers = one_layer_mini.adapter.n_layers = one_layer_mini.llm.n_layers = 1
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=one_layer_mini)
+
+
+def test_truncated_and_non_checkpoint_files_are_clear_errors(smoke_model, tmp_path):
+    path = save_reference_checkpoint(smoke_model, tmp_path / "m.pt")
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (tmp_path / "text.pt").write_text("hello, I am not a checkpoint")
+    for bad in ("cut.pt", "text.pt", "absent.pt"):
+        with pytest.raises(CheckpointError, match=bad):
+            load_reference_checkpoint(tmp_path / bad, tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+    with pytest.raises(CheckpointError, match="not an echat checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_no_pickle_code_runs_from_an_untrusted_file(tmp_path, smoke_model):
+    marker = tmp_path / "pwned"
+    torch.save({"encoder.x": _Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_reference_checkpoint(tmp_path / "evil.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+    assert not marker.exists()

@@ -1,0 +1,87 @@
+"""Every numbered notebook runs top to bottom on the smoke preset, and is committed clean."""
+
+import nbformat
+import pytest
+
+from echat import notebooks as runner
+
+NOTEBOOKS = runner.numbered_notebooks()
+IDS = [p.stem for p in NOTEBOOKS]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # The kernel inherits this environment: a hub lookup offline hangs ~45 s before failing.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def test_notebooks_are_found():
+    assert runner.NOTEBOOK_DIR.is_dir()
+    assert [p.name[:2] for p in NOTEBOOKS] == sorted(p.name[:2] for p in NOTEBOOKS)
+    assert {"00", "02"} <= {p.name[:2] for p in NOTEBOOKS}
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_on_smoke(path, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    out = runner.run_notebook(path, tmp_path / path.name, {"PRESET": "smoke", "RUN_DIR": str(run_dir)})
+    executed = nbformat.read(out, as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_is_committed_clean(path):
+    notebook = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(notebook.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_opens_with_what_you_learn_and_a_parameters_cell(path):
+    cells = nbformat.read(path, as_version=4).cells
+    first_md = next(c for c in cells if c.cell_type == "markdown")
+    assert first_md.source.startswith(f"# {path.name[:2]} · ")
+    assert "What you will learn" in first_md.source and "How long it takes" in first_md.source
+    first_code = next(c for c in cells if c.cell_type == "code")
+    assert "parameters" in first_code.metadata.get("tags", [])
+    assert "PRESET" in first_code.source and "RUN_DIR" in first_code.source
+
+
+def test_failing_cell_is_named(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PRESET = "mini"')
+    params.metadata["tags"] = ["parameters"]
+    notebook.cells = [params, nbformat.v4.new_code_cell("assert PRESET == 'mini', 'wrong preset'")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "99_broken.ipynb"
+    nbformat.write(notebook, path)
+    with pytest.raises(runner.NotebookError, match=r"99_broken\.ipynb: cell .*AssertionError: wrong preset"):
+        runner.run_notebook(path, tmp_path / "out.ipynb", {"PRESET": "smoke"}, timeout=120)
+    assert (tmp_path / "out.ipynb").is_file()
+
+
+def test_select_notebooks_by_prefix():
+    assert [p.name[:2] for p in runner.select_notebooks(["00"])] == ["00"]
+    assert runner.select_notebooks(None) == NOTEBOOKS
+    with pytest.raises(ValueError, match="no notebook matches"):
+        runner.select_notebooks(["zz"])
+
+
+def test_index_and_summary(tmp_path):
+    results = [runner.NotebookResult("00_tour", True, 1.5),
+               runner.NotebookResult("02_x", False, 2.0, "02_x: cell 3 failed")]
+    page = runner.write_index(tmp_path, results, "smoke").read_text()
+    assert "00_tour" in page and "FAILED" in page and "cell 3 failed" in page
+    text = runner.summary(results)
+    assert "00_tour" in text and "FAILED" in text
+
+
+def test_rendered_table_has_text_and_html():
+    view = runner.table(["a", "b"], [[1, "<x>"]])
+    assert isinstance(view, runner.Rendered)
+    assert "&lt;x&gt;" in view._repr_html_() and "<x>" in str(view)

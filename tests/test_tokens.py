@@ -1,0 +1,82 @@
+"""Task routing, label sets, special ids and S2S output parsing."""
+
+import pytest
+
+from echat.config import preset
+from echat.tokens import (
+    CHAT_TASKS,
+    REPLY_EMOTION_PAIRS,
+    OutputType,
+    SpecialIds,
+    UnknownTaskError,
+    canonical_label,
+    is_only_p,
+    normalize_task,
+    output_type,
+    split_speech_output,
+)
+
+
+@pytest.mark.parametrize("task, kind", [
+    ("<TEXT2TOKEN>", OutputType.TTS),
+    ("TEXT2TOKEN", OutputType.TTS),
+    ("<S2TCHAT> <TEXT2TOKEN>", OutputType.S2S),
+    ("<Speech2TEXTandTOKEN>", OutputType.S2S),
+    ("<S2TCHAT> <TEXT2TOKEN> <EMOTION>", OutputType.S2S),
+    ("<S2TCHAT>  <TEXT2TOKEN>   <THINK>", OutputType.S2S_THINK),
+    ("<S2TCHAT> <THINKER>", OutputType.S2T_THINK),
+    ("<TEXT2TEXT>", OutputType.T2T),
+    ("<TRANSCRIBE> <EMOTION> <AGE> <GENDER>", OutputType.TEXT),
+    ("<AGE> <GENDER>", OutputType.TEXT),
+    (None, OutputType.TEXT),
+])
+def test_tasks_route_to_the_reference_output_types(task, kind):
+    assert output_type(task) is kind
+
+
+@pytest.mark.parametrize("task", ["<FOO>", "<TRANSCRIBE> <BAR>", "TRANSCRIBE", "<S2TCHAT> <TEXT2TOKEN> <X>"])
+def test_unknown_task_tags_are_rejected_with_the_tag_named(task):
+    with pytest.raises(UnknownTaskError, match="unknown task"):
+        output_type(task)
+
+
+def test_every_chat_task_has_a_consistent_output_type():
+    for task, kind in CHAT_TASKS.items():
+        assert normalize_task(task) == task
+        assert kind.speech_out == ("<TEXT2TOKEN>" in task)
+
+
+def test_only_p_tasks_are_the_understanding_tasks_without_transcribe():
+    assert is_only_p("<AGE> <GENDER>") and is_only_p("<EMOTION>")
+    assert not is_only_p("<TRANSCRIBE> <AGE>") and not is_only_p("<S2TCHAT>")
+
+
+def test_labels_fold_the_reference_aliases():
+    assert canonical_label("age", "<MIDDLE_AGE>") == "<ADULT>"
+    assert canonical_label("emotion", "anger") == "<ANGRY>"
+    assert canonical_label("event", "throat clearing") == "<THROAT_CLEARING>"
+    assert len({en for _, en in REPLY_EMOTION_PAIRS}) == len(REPLY_EMOTION_PAIRS) == 11
+
+
+def test_bug3_s2s_parse_keeps_the_last_text_token_before_im_end():
+    eos, b = 151645, 4096
+    text, speech = split_speech_output([11, 12, 13, eos, b, 5, 6, 7, b], eos, b)
+    assert text == [11, 12, 13] and speech == [5, 6, 7]
+
+
+def test_s2s_parse_without_im_end_or_end_boundary_does_not_crash():
+    assert split_speech_output([1, 2, 3], 9, 100) == ([1, 2, 3], [])
+    assert split_speech_output([1, 9, 100, 4, 5], 9, 100) == ([1], [4, 5])
+
+
+def test_special_ids_of_the_full_preset_come_from_the_real_qwen_tokenizer(qwen):
+    ids = SpecialIds.build(preset("osum-echat"), qwen)
+    assert (ids.im_start, ids.im_end, ids.unknown) == (151644, 151645, 7672)
+    assert (ids.speech_boundary, ids.audio_bos, ids.audio_eos, ids.speech_head) == (4096, 4097, 4098, 4097)
+    assert ids.text_vocab == 151_936
+
+
+def test_special_ids_of_the_mini_preset_come_from_the_mini_tokenizer(mini_tok):
+    ids = SpecialIds.build(preset("mini"), mini_tok)
+    assert mini_tok.convert_ids_to_tokens(ids.unknown) == "&&"
+    assert ids.speech_boundary == 512 and ids.audio_eos == 514
