@@ -12,7 +12,10 @@ from echat.config import PRESETS, EChatConfig, GenerationOptions, preset
 __all__ = ["PRESETS", "EChatConfig", "GenerationOptions", "preset"]
 __version__ = "0.1.0"
 
-_SUBMODULES = {"audio", "cli", "config", "data", "models", "notebooks", "prompts", "text_tokenizer", "tokens"}
+_SUBMODULES = {
+    "audio", "cli", "config", "data", "eval", "models", "notebooks", "prompts", "text_tokenizer", "token2wav",
+    "tokens", "train",
+}
 
 
 def __getattr__(name: str):

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 EXAMPLES = {
+    "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
     "data check": "echat data check data/train.jsonl\n  echat data check shards/shards_list.txt",
     "layout": "echat layout --preset osum-echat > layout.tsv",
 }
@@ -34,6 +35,16 @@ def cmd_data_check(args) -> int:
                      check_audio=not args.no_audio)
 
 
+def cmd_data_mini(args) -> int:
+    from echat.data.mini_corpus import build_corpus
+
+    summary = build_corpus(args.out, size=args.size, seed=args.seed, workers=args.workers)
+    records = ", ".join(f"{n} {split}" for split, n in summary["records"].items())
+    print(f"EChat-mini ({summary['size']}, seed {summary['seed']}) in {args.out}: {summary['user_clips']} user clips, "
+          f"records {records}; {summary['bytes'] / 1e6:.1f} MB on disk; see stats.md and cue_stats.png")
+    return 0
+
+
 def cmd_layout(args) -> int:
     from echat.models.checkpoint import reference_layout
 
@@ -48,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="build and check data sets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
+    mini = _parser(data, "mini", "build the EChat-mini corpus: synthesized speech with controlled gender, age, "
+                   "emotion and sound events, empathetic replies, every task", cmd_data_mini, "data mini")
+    mini.add_argument("--size", default="mini", help="smoke (~100 records, seconds), mini (a few thousand "
+                      "records, < 3 min) or full")
+    mini.add_argument("--out", required=True, help="output folder (created; an old EChat-mini there is replaced)")
+    mini.add_argument("--seed", type=int, default=0, help="random seed, 0..2**31-1 (same seed, same files)")
+    mini.add_argument("--workers", type=int, default=None, help="synthesis processes (default: up to 2)")
+
     check = _parser(data, "check", "validate a raw jsonl manifest or a shard list without loading a model",
                     cmd_data_check, "data check")
     check.add_argument("manifest", help="raw .jsonl manifest, or shards_list.txt")

@@ -441,5 +441,67 @@ def batch_table(batches, kind_of: dict | None = None) -> Rendered:
     return table(header, rows)
 
 
+# --- model anatomy -----------------------------------------------------------------------------
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters of each part of an :class:`~echat.models.echat.EChat`, every tensor counted once.
+
+    Works on a meta-device model (shapes only). A tensor shared by two parts (the tied LLM head is the
+    text embedding) counts in the first part only, so the tied head reads 0 and the values add up to
+    the model's total. Parameters outside the listed parts, if any, are reported as ``other``.
+    """
+    llm = model.causal_lm
+    parts = {
+        "encoder": model.encoder,
+        "adapter: downsampler": model.adapter.downsample,
+        "adapter: transformer": model.adapter.transformer,
+        "adapter: projection": model.adapter.proj,
+        "LLM: text embedding": llm.get_input_embeddings(),
+        "LLM: decoder layers": llm.model.layers,
+        "LLM: final norm": llm.model.norm,
+        "LLM: text head": llm.lm_head,
+        "speech embedding": model.speech_embedding,
+        "speech head": model.speech_head,
+    }
+    seen: set[int] = set()
+    counts = {}
+    for name, module in [*parts.items(), ("other", model)]:
+        fresh = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        counts[name] = sum(p.numel() for p in fresh)
+    if not counts["other"]:
+        del counts["other"]
+    return counts
+
+
+# --- audio -------------------------------------------------------------------------------------
+
+
+def audio_grid(clips: Sequence[tuple[str, str, object]], columns: int = 3, rate: int = 16_000) -> Rendered:
+    """Audio players in a compact HTML grid, one cell per ``(title, note, clip)``.
+
+    ``clip`` is a file path (embedded as it is) or a float wave in [-1, 1] at ``rate`` Hz, embedded
+    *without* peak normalisation, so that loudness (a cue in EChat-mini) stays audible. The text form
+    lists the titles and notes.
+    """
+    import numpy as np
+    from IPython.display import Audio
+
+    cells, lines = [], []
+    for title, note, clip in clips:
+        if isinstance(clip, str | Path):
+            player = Audio(filename=str(clip))
+        else:
+            player = Audio(np.clip(np.asarray(clip, dtype=np.float32), -1, 1), rate=rate, normalize=False)
+        cells.append("<div style='border:1px solid #ddd;border-radius:4px;padding:4px 6px'>"
+                     f"<b>{html.escape(title)}</b><div style='font-size:85%;color:#555'>{html.escape(note)}</div>"
+                     f"<audio controls preload='none' style='width:100%;height:32px' "
+                     f"src='{player.src_attr()}'></audio></div>")
+        lines.append(f"{title}: {note}" if note else title)
+    style = f"display:grid;grid-template-columns:repeat({columns},minmax(0,1fr));gap:6px"
+    return Rendered("\n".join(lines), f"<div style='{style}'>{''.join(cells)}</div>")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,8 @@ def _makefile_torch() -> str:
 
 def test_environment_yml_lists_exactly_the_pyproject_requirements():
     project = _pyproject()
-    wanted = {str(Requirement(r)) for r in project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    wanted = {str(Requirement(r)) for r in project["dependencies"] + extras["dev"] + extras["eval"]
               if Requirement(r).name != "torch"}
     listed = {str(Requirement(r)) for r in _env_pip() if Requirement(r).name != "torch"}
     assert listed == wanted
@@ -56,6 +57,12 @@ def test_console_script_and_module_entry_point_show_help():
         out = subprocess.run([str(exe), "--help"] if exe else cmd, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "data" in out.stdout and "layout" in out.stdout
+
+
+def test_make_setup_installs_every_extra():
+    extras = set(_pyproject()["optional-dependencies"])
+    installed = re.search(r'-e "\.\[([^\]]*)\]"', (ROOT / "Makefile").read_text()).group(1)
+    assert set(installed.split(",")) == extras
 
 
 def test_ci_runs_the_readme_test_command():

@@ -1,0 +1,62 @@
+"""Display helpers of echat.notebooks that need a model (built on the meta device: no memory)."""
+
+import torch
+
+from echat import notebooks as nb
+from echat.config import preset
+from echat.models.echat import EChat
+
+
+def meta_model(config) -> EChat:
+    with torch.device("meta"):
+        return EChat(config)
+
+
+def test_parameter_counts_add_up_and_count_the_tied_head_once():
+    model = meta_model(preset("smoke"))
+    counts = nb.parameter_counts(model)
+    assert counts["LLM: text head"] == 0  # tied: the head is the text embedding
+    assert counts["LLM: text embedding"] == 640 * 32
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
+    assert "other" not in counts
+
+
+def test_untied_head_and_stray_parameters_are_counted():
+    config = preset("smoke")
+    config.llm.tie_word_embeddings = False
+    model = meta_model(config)
+    model.extra = torch.nn.Parameter(torch.zeros(7, device="meta"))
+    counts = nb.parameter_counts(model)
+    assert counts["LLM: text head"] == 640 * 32
+    assert counts["other"] == 7
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
+
+
+def test_full_model_matches_the_reference_parameter_budget():
+    counts = nb.parameter_counts(meta_model(preset("osum-echat")))
+    # Reference fact sheet (millions): encoder 305.68, down_sample_2 9.44, speech_transformer 38.85,
+    # speech_llama_proj 2.10, speech_token_emded 8.39, speech_head 8.39, llama_model 3085.94 (tied).
+    assert round(counts["encoder"] / 1e6, 2) == 305.68
+    assert round(counts["adapter: downsampler"] / 1e6, 2) == 9.44
+    assert round(counts["adapter: transformer"] / 1e6, 2) == 38.85
+    assert round(counts["adapter: projection"] / 1e6, 2) == 2.10
+    assert round(counts["speech embedding"] / 1e6, 2) == round(counts["speech head"] / 1e6, 2) == 8.39
+    llm = sum(v for k, v in counts.items() if k.startswith("LLM"))
+    assert round(llm / 1e6, 2) == 3085.94
+    # 3.459 B in the reference includes its unused 2,048-parameter ln_speech, which we do not build.
+    assert sum(counts.values()) + 2 * 1024 == 3_458_799_617
+
+
+def test_audio_grid_embeds_every_clip_without_normalising(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    quiet = 0.1 * np.sin(np.linspace(0, 300, 1600)).astype(np.float32)  # 0.1 s at 16 kHz
+    path = tmp_path / "clip.wav"
+    sf.write(path, quiet, 16_000, subtype="PCM_16")
+    view = nb.audio_grid([("<SAD>", "quiet", quiet), ("file", "", path)], columns=2)
+    assert view.html.count("<audio") == 2 and view.html.count(";base64,") == 2
+    assert "&lt;SAD&gt;" in view.html and "repeat(2," in view.html
+    assert str(view) == "<SAD>: quiet\nfile"
+    # A peak-normalising player would embed a wave and its double identically: loudness is a cue here.
+    assert nb.audio_grid([("a", "", 2 * quiet)]).html != nb.audio_grid([("a", "", quiet)]).html
