@@ -14,6 +14,9 @@ EXAMPLES = {
     "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
     "data check": "echat data check data/train.jsonl\n  echat data check shards/shards_list.txt",
     "layout": "echat layout --preset osum-echat > layout.tsv",
+    "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag",
+    "train": "echat train --recipe mini --data ~/.cache/echat/echat-mini --out runs/mini\n"
+             "  echat train --stage understanding --preset mini --data DIR --init runs/mini/0_text --out runs/u1",
 }
 
 
@@ -45,6 +48,45 @@ def cmd_data_mini(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from echat.train.recipes import stage
+    from echat.train.run import RECIPE_PRESET, run_recipe, train_stage
+
+    if args.recipe:
+        finals = run_recipe(args.recipe, args.data, args.out, think=args.think)
+        print("final checkpoints:\n  " + "\n  ".join(map(str, finals)))
+        return 0
+    if not args.stage:
+        raise ValueError("give --recipe NAME or --stage STAGE")
+    chosen = stage(args.recipe_of_stage or ("mini" if args.preset != "smoke" else "smoke"), args.stage, args.think,
+                   args.max_steps)
+    if args.lora:
+        import dataclasses
+
+        chosen = dataclasses.replace(chosen, lora=True)
+    preset = args.preset or RECIPE_PRESET["mini"]
+    final = train_stage(chosen, args.data, args.out, preset, init=args.init, resume=args.resume)
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from echat.eval.stage_eval import evaluate, load_model, render, resolve_checkpoint, save_report
+
+    checkpoint = resolve_checkpoint(args.run)
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"{args.data}: no such corpus folder")
+    report = evaluate(load_model(checkpoint, args.device), args.data, split=args.split, stages=args.stages,
+                      limit=args.limit, think=args.think)
+    report["checkpoint"] = str(checkpoint)
+    print(render(report))
+    written = save_report(report, args.out or Path(args.run) / "eval")
+    print(f"wrote {written[0]} and {len(written) - 1} confusion-matrix plots")
+    return 0
+
+
 def cmd_layout(args) -> int:
     from echat.models.checkpoint import reference_layout
 
@@ -73,6 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--preset", default="osum-echat", help="preset whose limits apply (speech codebook, "
                        "clip length); default osum-echat")
     check.add_argument("--no-audio", action="store_true", help="skip opening the audio files")
+
+    train = _parser(sub, "train", "train one stage, or a whole recipe (stages 0 text, 1 understanding, "
+                    "2 generation, 3 empathy), on an EChat-mini-style corpus folder", cmd_train)
+    train.add_argument("--recipe", choices=["smoke", "mini"], help="run every stage of this recipe in order")
+    train.add_argument("--stage", choices=["text", "understanding", "generation", "empathy"])
+    train.add_argument("--recipe-of-stage", choices=["smoke", "mini"], help="whose stage lengths to use "
+                       "(default: smoke for the smoke preset, else mini)")
+    train.add_argument("--preset", default=None, help="model preset of a single stage (default mini)")
+    train.add_argument("--data", required=True, help="corpus folder (train.jsonl, dev.jsonl, tokenizers)")
+    train.add_argument("--init", default=None, help="run folder or checkpoint to start from")
+    train.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png)")
+    train.add_argument("--max-steps", type=int, default=None)
+    train.add_argument("--think", default="tag", choices=["none", "tag", "language"])
+    train.add_argument("--lora", action="store_true", help="train LoRA adapters instead of the whole LLM")
+    train.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint")
+
+    evaluation = _parser(sub, "eval", "evaluate a checkpoint stage by stage (understanding, TTS round trip, "
+                         "empathy) on an EChat-mini corpus, per test subset", cmd_eval)
+    evaluation.add_argument("--run", required=True, help="checkpoint folder (config.json + model.safetensors) or "
+                            "run folder (its final/ or latest checkpoint, else the newest one inside)")
+    evaluation.add_argument("--data", required=True, help="corpus folder (train/test jsonl, speech_tokenizer/)")
+    evaluation.add_argument("--split", default="test", help="split to evaluate (default test)")
+    evaluation.add_argument("--limit", type=int, default=None, help="at most N items per stage and subset")
+    evaluation.add_argument("--think", default="tag", choices=["tag", "language", "none"])
+    evaluation.add_argument("--stages", nargs="+", default=["understanding", "generation", "empathy"],
+                            choices=["understanding", "generation", "empathy"], help="stages to run (default all)")
+    evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
+    evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
     layout = _parser(sub, "layout", "print the reference checkpoint layout (key, shape, kind) of a preset, "
                      "built on the meta device", cmd_layout)

@@ -31,3 +31,13 @@ def mini_tok():
     if manifest.exists():
         texts.append(manifest.read_text(encoding="utf-8"))
     return build_mini_tokenizer(texts, vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus(tmp_path_factory):
+    """An EChat-mini corpus of the smoke size (about 40 s to build), shared by the whole session."""
+    from echat.data.mini_corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "smoke"
+    build_corpus(out, size="smoke", seed=7)
+    return out

@@ -68,15 +68,13 @@ def per_label_means(features: np.ndarray, labels: list[str]) -> dict[str, dict[s
 def plot_cues(features: np.ndarray, labels: dict[str, list[str]], path) -> None:
     """Box plots of the telling feature for each label family: F0 by gender and age, rate and
     loudness and F0 spread by emotion, duration by sound event. Saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a standalone figure: the caller's plotting backend is untouched
 
     panels = [("gender", "f0_median_hz"), ("age", "f0_median_hz"), ("age", "centroid_hz"),
               ("emotion", "seconds_per_word"), ("emotion", "loudness_db"), ("emotion", "f0_spread"),
               ("event", "duration_s"), ("event", "voiced_share")]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    fig = Figure(figsize=(16, 7))
+    axes = fig.subplots(2, 4)
     for ax, (family, feature) in zip(axes.flat, panels):
         classes = sorted(set(labels[family]))
         column = features[:, FEATURES.index(feature)]
@@ -85,4 +83,3 @@ def plot_cues(features: np.ndarray, labels: dict[str, list[str]], path) -> None:
         ax.set_title(f"{feature} by {family}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)

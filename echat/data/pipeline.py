@@ -117,11 +117,19 @@ class SkipSummary:
 
 def load_samples(records: Iterable[Record], base_dir: str | Path, config: EChatConfig,
                  skipped: SkipSummary) -> Iterator[Sample]:
-    """Decode the audio of raw-manifest records lazily; unreadable clips are skipped and counted."""
+    """Decode the audio of raw-manifest records lazily; unreadable clips are skipped and counted.
+    Records that share a clip (ASR, ASR+P and chat records of one utterance) share one array."""
+    decoded: dict[str, np.ndarray] = {}
+
+    def load(wav, record):
+        if wav not in decoded:
+            decoded[wav] = _load(wav, record, base_dir, config)
+        return decoded[wav]
+
     for record in records:
         try:
-            clip = _load(record.wav, record, base_dir, config) if record.output_type.speech_in else None
-            history = [_load(turn["wav"], record, base_dir, config) for turn in record.history]
+            clip = load(record.wav, record) if record.output_type.speech_in else None
+            history = [load(turn["wav"], record) for turn in record.history]
         except AudioError as err:
             skipped.add("audio", f"{record.source}:{record.line}: {record.key}: {err}")
             continue
@@ -160,13 +168,15 @@ class SampleEncoder:
     """Turns a :class:`Sample` into an :class:`Example` for one model (config + tokenizer + think mode)."""
 
     def __init__(self, config: EChatConfig, tokenizer, think: str = "none",
-                 instructions: dict | None = None):
+                 instructions: dict | None = None, text_lm: bool = False):
         self.config = config
+        self.text_lm = text_lm  # stage 0: every text position is a target (plain language modelling)
         self.tokenizer = tokenizer
         self.think = think
         self.ids = SpecialIds.build(config, tokenizer)
         self.instructions = instructions
         self._cache: dict[str, list[int]] = {}
+        self._feats: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # log-mel per decoded clip (by array identity)
 
     def layout(self, record: Record, rng: random.Random) -> tuple[OutputType, list[Segment]]:
         """Output type and segments of a record (clip 0.. are history turns, the last is current)."""
@@ -194,11 +204,18 @@ class SampleEncoder:
         """Flat ids/stream/labels for ``sample``; ``augment`` (a seeded generator) turns on SpecAugment."""
         kind, segments = self.layout(sample.record, rng)
         clips = [*sample.history_audio, *([sample.audio] if kind.speech_in else [])]
-        feats = [log_mel(clip) for clip in clips]
+        feats = [self.features(clip) for clip in clips]
         if augment is not None:
             feats = [spec_augment(f, self.config, augment) for f in feats]
         ids, stream, labels = self.sequence(segments, feats)
         return Example(sample.record.key, kind, ids, stream, labels, feats, sample.record.txt)
+
+    def features(self, clip: np.ndarray) -> torch.Tensor:
+        """Log-mel (T, n_mels) of a clip, computed once per clip array (epochs reuse it)."""
+        key = id(clip)
+        if key not in self._feats:
+            self._feats[key] = (clip, log_mel(clip))  # keep the array alive so its id stays unique
+        return self._feats[key][1]
 
     def sequence(self, segments: list[Segment], feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Flat ``ids``, ``stream`` and ``labels`` (each (L,)) of a layout; ``feats`` are its clips."""
@@ -221,7 +238,7 @@ class SampleEncoder:
         return ids, [Stream.SPEECH] + [Stream.AUDIO] * n + [Stream.SPEECH]
 
     def _labels(self, seg: Segment, ids: list[int]) -> list[int]:
-        if not seg.loss:
+        if not seg.loss and not (self.text_lm and seg.kind == "text"):
             return [IGNORE_INDEX] * len(ids)
         if seg.kind == "speech":
             return [self.ids.text_vocab + s for s in ids]
@@ -298,10 +315,11 @@ class DataPipeline:
     train: bool = True
     sort_buffer: int = 500
     instructions: dict | None = None
+    text_lm: bool = False
     skipped: SkipSummary = field(default_factory=SkipSummary)
 
     def __post_init__(self):
-        self.encoder = SampleEncoder(self.config, self.tokenizer, self.think, self.instructions)
+        self.encoder = SampleEncoder(self.config, self.tokenizer, self.think, self.instructions, self.text_lm)
 
     def examples(self, samples: Iterable[Sample], epoch: int = 0) -> Iterator[Example]:
         """Encoded examples, shuffled (train) and sorted by length within ``sort_buffer`` windows."""

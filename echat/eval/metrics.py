@@ -1,4 +1,7 @@
-"""Word and character error rates (WER, CER) of English transcripts, computed with ``jiwer``.
+"""Evaluation metrics: WER/CER (``jiwer``), label accuracy and confusion matrices, think-block
+parsing and the reply-emotion accuracy of empathetic replies.
+
+WER and CER of English transcripts are computed with ``jiwer``.
 
 Both references and hypotheses go through the same :func:`normalize_text` first, so the scores
 ignore case, punctuation, emotion/style tags and contraction spelling.
@@ -10,15 +13,57 @@ Empty references (after normalisation): an empty reference inside a corpus is al
 hypothesis word then counts as an insertion. :func:`wer` and :func:`cer` raise ValueError only when
 *every* reference is empty, because the rate is then undefined. :func:`per_utterance_wer` raises
 ValueError for any empty reference and names its index.
+
+Labels (age, gender, emotion, sound event, reply emotion) are scored by :func:`label_accuracy`
+(exact match, a missing prediction counts as wrong) and :func:`confusion_matrix` (rows = reference,
+columns = prediction), drawn by :func:`plot_confusion`. :func:`parse_tags` and
+:func:`split_asr_output` read the tags of understanding outputs (``"i finally finished<SAD><ADULT>"``).
+
+Think blocks: :func:`think_parse_rate` is the share of outputs that open with ``<think>`` and close
+it with ``<think end>`` (for the tag form, the body must also match the tag-think template field by
+field, :func:`echat.prompts.parse_tag_think`); :func:`think_field_accuracy` scores the parsed
+fields against the labels.
+
+Reply-emotion accuracy (:func:`reply_emotion_prediction`, then :func:`label_accuracy` against
+``extra.reply_emotion``) is defined in two ways, depending on what the output carries:
+
+(a) **tag**: the output carries a reply-emotion tag, the leading tag of the reply (tag think puts
+    one after ``<think end>``; a plain chat output may open with one), or else the ``reply emotion``
+    field of a parsed tag think. That tag is the prediction.
+(b) **classifier**: otherwise (language think, no think) the reply *text* is classified by
+    :class:`ReplyEmotionClassifier`, a bag-of-words multinomial naive Bayes fitted on the training
+    replies of the corpus (dialogue records, whose leading tag is the label). Its own accuracy on
+    the ground-truth test replies says how far (b) can be trusted (``stage_eval`` reports it with
+    every evaluation): on EChat-mini ``--size mini --seed 0`` (1,680 training replies) it labels
+    all 340 ground-truth test replies and all 120 dev replies correctly (accuracy 1.0), because the
+    mini world's reply wording follows the reply emotion. On the 26 training replies of a
+    ``--size smoke`` corpus it is much weaker (8 of 9 test replies with seed 3: one template never
+    occurs in training), so do not read (b) scores of smoke corpora as more than a check.
+An output with neither a tag nor reply text (an empty reply, e.g. a think block that never ends)
+has no prediction and counts as wrong.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import jiwer
+import numpy as np
+
+from echat.prompts import parse_tag_think
+from echat.tokens import LABEL_SETS, REPLY_EMOTIONS, THINK_CLOSE, THINK_OPEN, canonical_label, output_type
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from echat.data.schema import Record
 
 # Applied in this order, to lowercased text, on both sides. "'s" is left alone: it may stand for
 # "is", "has" or a possessive. "'d" always becomes "would", though it may also stand for "had".
@@ -124,3 +169,292 @@ def per_utterance_wer(refs: Sequence[str] | str, hyps: Sequence[str] | str) -> l
     if empty:
         raise ValueError(f"references {empty} are empty after normalisation: their word error rate is undefined")
     return [_rate(jiwer.process_words(ref, hyp), "word") for ref, hyp in zip(refs, hyps)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels: accuracy and confusion matrices
+# ----------------------------------------------------------------------------------------------
+
+_ANY_TAG = re.compile(r"<[^<>]+>")
+
+
+def label_accuracy(refs: Sequence[str | None], hyps: Sequence[str | None]) -> float:
+    """Share of exact matches ``hyp == ref``; a missing prediction (None) is wrong.
+
+    ValueError if the lengths differ or the lists are empty.
+    """
+    if len(refs) != len(hyps):
+        raise ValueError(f"got {len(refs)} references but {len(hyps)} predictions")
+    if not refs:
+        raise ValueError("no references given")
+    return sum(h is not None and h == r for r, h in zip(refs, hyps)) / len(refs)
+
+
+def confusion_matrix(refs: Sequence[str | None], hyps: Sequence[str | None], labels: Sequence[str]) -> np.ndarray:
+    """Counts ``(len(labels), len(labels))``, int64: row = reference label, column = prediction.
+
+    Pairs whose reference or prediction is not in ``labels`` are not counted; to count missing or
+    malformed predictions, give them a label of their own (e.g. ``"<NONE>"``) and list it.
+    """
+    if len(refs) != len(hyps):
+        raise ValueError(f"got {len(refs)} references but {len(hyps)} predictions")
+    index = {label: i for i, label in enumerate(labels)}
+    if len(index) != len(labels):
+        raise ValueError(f"labels are not unique: {list(labels)}")
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for ref, hyp in zip(refs, hyps):
+        if ref in index and hyp in index:
+            matrix[index[ref], index[hyp]] += 1
+    return matrix
+
+
+def plot_confusion(matrix: np.ndarray | Sequence[Sequence[int]], labels: Sequence[str], title: str,
+                   path: str | Path | None = None, ax: Axes | None = None) -> Figure:
+    """Draw a confusion matrix (rows = reference, columns = prediction) with its counts.
+
+    Colours are the row-normalised share (recall per reference label); angle brackets are dropped
+    from the tick labels. Draws on ``ax`` when given, else on a new figure (no pyplot state is
+    touched). Saves a PNG to ``path`` when given. Returns the figure.
+    """
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    if counts.shape != (len(labels), len(labels)):
+        raise ValueError(f"matrix shape {counts.shape} does not match {len(labels)} labels")
+    if ax is None:
+        size = 1.6 + 0.55 * len(labels)
+        ax = Figure(figsize=(size + 1.0, size), layout="constrained").add_subplot()
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    names = [label.strip("<>") for label in labels]
+    ax.set_xticks(range(len(labels)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("reference")
+    ax.set_title(title)
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            ax.text(col, row, str(count), ha="center", va="center",
+                    color="white" if shares[row, col] > 0.6 else "black", fontsize=8)
+    figure = ax.get_figure()
+    figure.colorbar(image, ax=ax, fraction=0.046, label="share of the row")
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------
+# Tags of understanding outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_tags(text: str) -> list[str]:
+    """The angle-bracket tags of ``text`` in order: ``"hi<SAD><ADULT>"`` -> ``["<SAD>", "<ADULT>"]``."""
+    return _ANY_TAG.findall(text)
+
+
+def split_asr_output(text: str) -> tuple[str, list[str]]:
+    """An ASR+P output -> (transcript, tags).
+
+    ``"i finally finished the report<SAD><ADULT>"`` -> (``"i finally finished the report"``,
+    ``["<SAD>", "<ADULT>"]``). Tags are taken wherever they are; the transcript is the rest with
+    whitespace collapsed and stripped.
+    """
+    return _SPACES.sub(" ", _ANY_TAG.sub(" ", text)).strip(), parse_tags(text)
+
+
+def pick_label(tags: Iterable[str], field: str) -> str | None:
+    """The first of ``tags`` that is a label of ``field`` (age, gender, emotion, event), in canonical
+    spelling (aliases folded: ``<ANGER>`` -> ``<ANGRY>``); None when there is none."""
+    allowed = LABEL_SETS[field]
+    for tag in tags:
+        label = canonical_label(field, tag)
+        if label in allowed:
+            return label
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Think blocks
+# ----------------------------------------------------------------------------------------------
+
+THINK_FIELDS = ("transcript", "age", "gender", "emotion", "event", "reply_emotion")
+
+
+def _raw_text(result: Any) -> str:
+    return result if isinstance(result, str) else result.raw_text
+
+
+def think_body(text: str) -> str | None:
+    """The text between ``<think>`` (which must open ``text``) and ``<think end>``; None if absent."""
+    if not text.startswith(THINK_OPEN) or THINK_CLOSE not in text:
+        return None
+    return text[len(THINK_OPEN):].split(THINK_CLOSE, 1)[0]
+
+
+def think_well_formed(text: str, think: str = "tag", prompt_set: str = "mini") -> bool:
+    """Whether ``text`` opens with a closed think block; for ``think="tag"`` the body must also
+    match the tag-think template (:func:`echat.prompts.parse_tag_think`)."""
+    body = think_body(text)
+    if body is None:
+        return False
+    return think != "tag" or bool(parse_tag_think(body, prompt_set))
+
+
+def think_parse_rate(results: Sequence[Any], think: str = "tag", prompt_set: str = "mini") -> float:
+    """Share of outputs with a well-formed think block (:func:`think_well_formed`).
+
+    ``results``: raw output texts, or objects with a ``raw_text`` (``GenerationResult``). ValueError
+    if empty.
+    """
+    if not results:
+        raise ValueError("no outputs given")
+    return sum(think_well_formed(_raw_text(r), think, prompt_set) for r in results) / len(results)
+
+
+def _field_value(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if name == "transcript":
+        return normalize_text(value)
+    if name in LABEL_SETS:
+        return canonical_label(name, value) if value.strip() else ""
+    return value.strip()
+
+
+def think_field_accuracy(parsed_fields: Sequence[dict[str, str]],
+                         refs: Sequence[dict[str, str | None]]) -> dict[str, float | None]:
+    """Per tag-think field, the share of items whose parsed value equals the reference.
+
+    ``parsed_fields``: one dict per output, as :func:`echat.prompts.parse_tag_think` returns it
+    (``{}`` when the think did not parse: every field is then wrong). ``refs``: one dict per output
+    with the fields of :data:`THINK_FIELDS`. Values are compared after normalisation: the transcript
+    with :func:`normalize_text`, labels in canonical spelling (``<&&>``, "unknown", is wrong), the
+    rest stripped. A reference that is None or absent leaves that item out of that field; a field
+    with no reference at all gets None.
+    """
+    if len(parsed_fields) != len(refs):
+        raise ValueError(f"got {len(parsed_fields)} parsed outputs but {len(refs)} references")
+    scores: dict[str, float | None] = {}
+    for name in THINK_FIELDS:
+        pairs = [(_field_value(name, ref.get(name)), _field_value(name, fields.get(name)))
+                 for fields, ref in zip(parsed_fields, refs) if ref.get(name) is not None]
+        scores[name] = sum(r == h for r, h in pairs) / len(pairs) if pairs else None
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# Reply emotion
+# ----------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return normalize_text(text).split()
+
+
+def dialogue_replies(records: Iterable[Record], prompt_set: str = "mini") -> tuple[list[str], list[str]]:
+    """(reply texts, reply-emotion tags) of the dialogue records (spoken or text chat, with or
+    without think or history) whose target opens with a reply-emotion tag; the tag is removed
+    from the text. Understanding, TTS and T2T records are skipped."""
+    from echat.prompts import split_reply_tag
+    from echat.tokens import OutputType
+
+    not_dialogue = (OutputType.TEXT, OutputType.TTS, OutputType.TTS_STREAMING, OutputType.T2T)
+    texts, labels = [], []
+    for record in records:
+        if output_type(record.task) in not_dialogue or not record.txt.lstrip().startswith("<"):
+            continue
+        tag, text = split_reply_tag(record.txt, prompt_set)
+        if record.txt.lstrip().startswith(tag):
+            texts.append(text)
+            labels.append(tag)
+    return texts, labels
+
+
+class ReplyEmotionClassifier:
+    """Reply text -> reply-emotion tag: multinomial naive Bayes over bag-of-words counts.
+
+    Words are the tokens of :func:`normalize_text`; ``alpha`` is the add-alpha (Laplace) smoothing
+    of the word counts; words never seen in training are ignored; ties go to the first label in sorted
+    order. Fit it on training replies (:meth:`from_corpus`), never on the replies it will judge.
+    """
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        if alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {alpha}")
+        self.alpha = alpha
+        self.labels: list[str] = []
+        self.log_prior: dict[str, float] = {}
+        self.log_word: dict[str, dict[str, float]] = {}
+        self.log_unseen: dict[str, float] = {}
+        self.n_train = 0
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> ReplyEmotionClassifier:
+        """Count words per label; ValueError if the lengths differ or nothing is given."""
+        if len(texts) != len(labels):
+            raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
+        if not texts:
+            raise ValueError("no training replies given")
+        counts: dict[str, Counter] = {}
+        for text, label in zip(texts, labels):
+            counts.setdefault(label, Counter()).update(_words(text))
+        vocabulary = set().union(*counts.values())
+        self.labels = sorted(counts)
+        label_counts = Counter(labels)
+        for label in self.labels:
+            total = sum(counts[label].values()) + self.alpha * len(vocabulary)
+            self.log_prior[label] = math.log(label_counts[label] / len(labels))
+            self.log_word[label] = {w: math.log((counts[label][w] + self.alpha) / total) for w in vocabulary}
+            self.log_unseen[label] = math.log(self.alpha / total)
+        self.n_train = len(texts)
+        return self
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Log joint probability of ``text`` and each label (unnormalised)."""
+        if not self.labels:
+            raise ValueError("the classifier is not fitted (call fit or from_corpus first)")
+        words = [w for w in _words(text) if w in self.log_word[self.labels[0]]]
+        return {label: self.log_prior[label] + sum(self.log_word[label].get(w, self.log_unseen[label]) for w in words)
+                for label in self.labels}
+
+    def predict(self, texts: Sequence[str] | str) -> list[str]:
+        """The most likely label of each text (a single string is a one-item list)."""
+        texts = [texts] if isinstance(texts, str) else texts
+        return [self._best(self.scores(text)) for text in texts]
+
+    @staticmethod
+    def _best(scores: dict[str, float]) -> str:
+        return max(scores, key=scores.__getitem__)
+
+    @classmethod
+    def from_records(cls, records: Iterable[Record], prompt_set: str = "mini", alpha: float = 0.1):
+        """Fitted on the dialogue replies of ``records`` (:func:`dialogue_replies`)."""
+        return cls(alpha).fit(*dialogue_replies(records, prompt_set))
+
+    @classmethod
+    def from_corpus(cls, corpus: str | Path, split: str = "train", prompt_set: str = "mini", alpha: float = 0.1):
+        """Fitted on the dialogue replies of ``corpus/{split}.jsonl``."""
+        from echat.data.schema import read_manifest
+
+        return cls.from_records(read_manifest(Path(corpus) / f"{split}.jsonl"), prompt_set, alpha)
+
+
+def reply_emotion_prediction(raw_text: str, prompt_set: str = "mini",
+                             classifier: ReplyEmotionClassifier | None = None) -> tuple[str | None, str]:
+    """(predicted reply emotion, source) of one generated assistant text, by the module's definition.
+
+    Source ``"tag"``: the reply's leading reply-emotion tag, or else the ``reply_emotion`` field of a
+    parsed tag think (a). ``"classifier"``: ``classifier`` on the reply text (b). ``"none"``: no tag
+    and no reply text (or no classifier): the prediction is None, which counts as wrong.
+    """
+    from echat.prompts import parse_reply
+
+    parsed = parse_reply(raw_text, prompt_set)
+    if parsed.reply_emotion:
+        return parsed.reply_emotion, "tag"
+    if parsed.fields.get("reply_emotion", "").strip() in REPLY_EMOTIONS[prompt_set]:
+        return parsed.fields["reply_emotion"].strip(), "tag"
+    if classifier is not None and _words(parsed.reply):
+        return classifier.predict(parsed.reply)[0], "classifier"
+    return None, "none"

@@ -14,11 +14,9 @@ from echat.data.mini_text import all_sentences, reply_text
 from echat.data.schema import read_manifest
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("echat_mini") / "smoke"
-    build_corpus(out, size="smoke", seed=7)
-    return out
+@pytest.fixture
+def corpus(smoke_corpus):
+    return smoke_corpus
 
 
 def _hashes(folder):

@@ -1,0 +1,529 @@
+"""Stage-by-stage evaluation of an EChat model on an EChat-mini style corpus.
+
+:func:`evaluate` runs three stages on one split (default ``test``), for each test subset
+(``extra.subset``: ``seen`` and ``unseen``; records without one are reported under ``all``)
+separately. ``limit`` caps the items of every stage per subset (taken in manifest order).
+
+Protocol:
+
+- **understanding**: items are the split's user clips (one per distinct ``wav`` among single-turn
+  records whose ``extra`` holds q_txt, age, gender, q_emotion and caption). Four calls per clip,
+  each with the first instruction prompt of its task (``instruction_prompts(task, prompt_set)[0]``)
+  and greedy decoding, ``GenerationOptions(do_sample=False, max_new_tokens=64)``: ``<TRANSCRIBE>``
+  gives the transcript (any tags dropped), scored against ``extra.q_txt`` by corpus-level CER and
+  WER; the only-P tasks ``<AGE> <GENDER>``, ``<EMOTION>`` and ``<CAPTION>`` give the labels: the
+  first tag of the output that belongs to the field's label set is the prediction, and an output
+  without one counts as ``<NONE>`` (wrong). Accuracy and a confusion matrix per field.
+- **generation** (TTS round trip): items are the split's ``<TEXT2TOKEN>`` records. The model speaks
+  the reply text with the reference's default TTS sampling (top_k 15, top_p 0.8, temperature 1.2),
+  seeded with :data:`TTS_SEED` for every utterance (so runs repeat exactly), and at most
+  ``min(750, 50 + 20 x words)`` speech tokens (750 tokens = 30 s at 25 Hz, Whisper's window; the
+  corpus averages about 8.4 tokens per word, so only a model that never stops hits the cap). Its
+  tokens, and the ground-truth tokens (``extra.speech_token``), go through the corpus's
+  ``MiniToken2Wav`` (``speech_tokenizer/``) and Whisper base; both WERs are taken against the reply
+  text. The target "within 2x of the re-synthesised ground truth" is ``within_2x``:
+  ``wer_model <= 2 * wer_ground_truth``. The stage reports None with a reason when the speech
+  tokenizer folder is missing, its codebook differs from the model's, Whisper base is not installed,
+  or there is no TTS record.
+- **empathy**: items are the split's single-turn dialogue records of every chat task (S2T, S2T
+  think, S2S, S2S think). The labels are on every dialogue clip, so all are used, each in the form
+  of its family that the think mode asks for: ``<S2TCHAT> <THINKER>`` / ``<S2TCHAT> <TEXT2TOKEN>
+  <THINK>`` with think tag or language, ``<S2TCHAT>`` / ``<S2TCHAT> <TEXT2TOKEN>`` with think none.
+  Greedy, at most 256 text tokens and no speech (nothing scored here is in the speech). Scores: the
+  think parse rate (think tag or language), the think field accuracy (think tag) and the
+  reply-emotion accuracy, as defined in :mod:`echat.eval.metrics` (the output's reply-emotion tag,
+  else a bag-of-words classifier fitted on the corpus's training replies, whose own accuracy on the
+  ground-truth replies is reported next to it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from echat.audio import load_audio
+from echat.config import THINK_MODES, GenerationOptions
+from echat.data.schema import Record, read_manifest
+from echat.eval.metrics import (
+    ReplyEmotionClassifier,
+    cer,
+    confusion_matrix,
+    dialogue_replies,
+    label_accuracy,
+    parse_tags,
+    pick_label,
+    plot_confusion,
+    reply_emotion_prediction,
+    split_asr_output,
+    think_body,
+    think_field_accuracy,
+    think_parse_rate,
+    wer,
+)
+from echat.prompts import Cues, default_options, parse_tag_think, split_reply_tag
+from echat.tokens import (
+    LABEL_SETS,
+    REPLY_EMOTIONS,
+    S2TCHAT,
+    TEXT2TOKEN,
+    THINK,
+    THINKER,
+    TRANSCRIBE,
+    OutputType,
+    canonical_label,
+    output_type,
+)
+
+STAGES = ("understanding", "generation", "empathy")
+NONE_LABEL = "<NONE>"  # the prediction of an output that holds no label of the field
+ONLY_P_TASKS = {"<AGE> <GENDER>": ("age", "gender"), "<EMOTION>": ("emotion",), "<CAPTION>": ("event",)}
+LABEL_FIELDS = {"age": "age", "gender": "gender", "emotion": "q_emotion", "event": "caption"}  # field -> extra
+UNDERSTANDING_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=64)
+EMPATHY_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=256, max_speech_tokens=0)
+TTS_SEED = 0
+WHISPER_MAX_TOKENS = 750  # 30 s at 25 tokens/s
+DIALOGUE_KINDS = (OutputType.S2T_CHAT, OutputType.S2T_THINK, OutputType.S2T_CHAT_FAKE, OutputType.S2S,
+                  OutputType.S2S_THINK)
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+FINAL, LATEST = "final", "latest"  # run-folder names used by echat train
+PROTOCOL = {
+    "understanding": "per user clip: <TRANSCRIBE> (CER/WER vs extra.q_txt) and only-P <AGE> <GENDER>, <EMOTION>, "
+                     "<CAPTION> (first tag of the field's label set, else <NONE>); greedy, 64 new tokens",
+    "generation": f"TTS records: default TTS sampling seeded {TTS_SEED}, <= min(750, 50 + 20 x words) speech "
+                  "tokens; MiniToken2Wav + Whisper base WER vs the reply text, model and ground-truth tokens",
+    "empathy": "single-turn dialogue records in the think form of their family; greedy, 256 text tokens, "
+               "no speech; reply emotion: the output's tag, else the bag-of-words classifier",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds an echat checkpoint (config.json and model.safetensors)."""
+    return (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder to evaluate, given a checkpoint folder or a run folder.
+
+    In this order: ``path`` itself when it is a checkpoint; ``path/final`` (the checkpoint
+    ``echat train`` writes at the end of a stage); the folder a ``latest`` pointer names (a text file,
+    in the run folder or one level below it such as ``ckpt/latest``, holding a folder name relative
+    to the pointer's folder); else the checkpoint below ``path`` (any depth, hidden folders skipped)
+    whose model.safetensors was written last, e.g. the last trained stage of a recipe folder.
+    FileNotFoundError (one line) when there is none.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such run or checkpoint folder")
+    for candidate in (path, path / FINAL):
+        if is_checkpoint(candidate):
+            return candidate
+    for pointer in (path / LATEST, *sorted(path.glob(f"*/{LATEST}"))):
+        if pointer.is_file():
+            target = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+            if not is_checkpoint(target):
+                raise FileNotFoundError(f"{pointer} points to {target}, which is not a checkpoint folder")
+            return target
+    found = [w.parent for w in path.rglob(WEIGHTS)
+             if is_checkpoint(w.parent) and not any(p.startswith(".") for p in w.relative_to(path).parts)]
+    if not found:
+        raise FileNotFoundError(f"{path}: no checkpoint (a folder with {CONFIG} and {WEIGHTS}) in this run folder")
+    return max(found, key=lambda folder: (folder / WEIGHTS).stat().st_mtime)
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """The :class:`~echat.models.echat.EChat` of a checkpoint or run folder (:func:`resolve_checkpoint`)."""
+    from echat.models.echat import EChat
+
+    return EChat.from_checkpoint(resolve_checkpoint(path), device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Items
+# ----------------------------------------------------------------------------------------------
+
+
+def group_subsets(records: Sequence[Record]) -> dict[str, list[Record]]:
+    """Records by ``extra.subset`` (``"all"`` when absent), subsets in sorted order."""
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        groups.setdefault(str(record.extra.get("subset") or "all"), []).append(record)
+    return dict(sorted(groups.items()))
+
+
+def user_clips(records: Sequence[Record]) -> list[Record]:
+    """One single-turn record per distinct user clip that carries every understanding label."""
+    seen: set[str] = set()
+    clips = []
+    for record in records:
+        labelled = all(record.extra.get(key) for key in ("q_txt", *LABEL_FIELDS.values()))
+        if record.wav and not record.history and labelled and record.wav not in seen:
+            seen.add(record.wav)
+            clips.append(record)
+    return clips
+
+
+def tts_records(records: Sequence[Record]) -> list[Record]:
+    """The TTS records with a reply text and ground-truth speech tokens."""
+    return [r for r in records if r.task == TEXT2TOKEN and r.txt.strip() and r.extra.get("speech_token")]
+
+
+def dialogue_records(records: Sequence[Record]) -> list[Record]:
+    """The single-turn spoken dialogue records (S2T, S2T think, S2S, S2S think)."""
+    return [r for r in records if r.wav and not r.history and output_type(r.task) in DIALOGUE_KINDS]
+
+
+def empathy_task(record: Record, think: str) -> str:
+    """The task a dialogue record is run with: its family (text or speech reply) in the think form."""
+    speech = output_type(record.task).speech_out
+    if think == "none":
+        return f"{S2TCHAT} {TEXT2TOKEN}" if speech else S2TCHAT
+    return f"{S2TCHAT} {TEXT2TOKEN} {THINK}" if speech else f"{S2TCHAT} {THINKER}"
+
+
+def _cap(items: list, limit: int | None) -> list:
+    return items[:limit] if limit else items
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageContext:
+    """What every stage of one evaluation needs: the model, the think mode, the per-subset item
+    limit, the reply-emotion classifier, the token2wav (or the reason the generation stage is
+    skipped), the device Whisper runs on and whether to show progress bars."""
+
+    model: Any
+    think: str
+    limit: int | None
+    classifier: ReplyEmotionClassifier | None
+    token2wav: Any
+    skip_reason: str | None
+    device: str
+    progress: bool
+
+    @property
+    def prompt_set(self) -> str:
+        return self.model.config.text.prompt_set
+
+
+def _label_scores(refs: list[str], hyps: list[str], label_set: Sequence[str]) -> dict:
+    labels = [*label_set, *sorted({*refs, *hyps} - {*label_set, NONE_LABEL})]
+    labels += [NONE_LABEL] if NONE_LABEL in hyps else []
+    return {"accuracy": label_accuracy(refs, hyps), "labels": labels,
+            "confusion": confusion_matrix(refs, hyps, labels).tolist()}
+
+
+def _rate(metric, refs: list[str], hyps: list[str]) -> float | None:
+    try:
+        return metric(refs, hyps)
+    except ValueError:
+        return None
+
+
+def run_understanding(ctx: StageContext, clips: list[Record], desc: str) -> dict:
+    """ASR CER/WER and age/gender/emotion/event accuracy of the clips (see the module protocol)."""
+    from echat.models.generate import generate
+
+    refs: dict[str, list[str]] = {field: [] for field in LABEL_FIELDS}
+    hyps: dict[str, list[str]] = {field: [] for field in LABEL_FIELDS}
+    asr_refs, asr_hyps, examples = [], [], []
+    for record in tqdm(clips, desc=desc, unit="clip", disable=not ctx.progress):
+        wave = load_audio(record.audio_path())
+        raw = generate(ctx.model, wave, task=TRANSCRIBE, options=UNDERSTANDING_OPTIONS).raw_text
+        asr_refs.append(record.extra["q_txt"])
+        asr_hyps.append(split_asr_output(raw)[0])
+        outputs = {TRANSCRIBE: raw}
+        for task, fields in ONLY_P_TASKS.items():
+            outputs[task] = generate(ctx.model, wave, task=task, options=UNDERSTANDING_OPTIONS).raw_text
+            for field in fields:
+                refs[field].append(canonical_label(field, record.extra[LABEL_FIELDS[field]]))
+                hyps[field].append(pick_label(parse_tags(outputs[task]), field) or NONE_LABEL)
+        if len(examples) < 2:
+            examples.append({"key": record.key, "outputs": outputs})
+    return {"items": len(clips), "asr": {"cer": _rate(cer, asr_refs, asr_hyps), "wer": _rate(wer, asr_refs, asr_hyps)},
+            "labels": {field: _label_scores(refs[field], hyps[field], LABEL_SETS[field]) for field in LABEL_FIELDS},
+            "examples": examples}
+
+
+def speech_token_cap(text: str) -> int:
+    """Most speech tokens TTS may produce for ``text``: min(750, 50 + 20 x words)."""
+    return min(WHISPER_MAX_TOKENS, 50 + 20 * len(text.split()))
+
+
+def _skipped_generation(items: int, reason: str) -> dict:
+    return {"items": items, "skipped": reason, "wer_model": None, "wer_ground_truth": None,
+            "wer_ratio": None, "within_2x": None}
+
+
+def run_generation(ctx: StageContext, records: list[Record], desc: str) -> dict:
+    """TTS round-trip WER of the model's speech tokens and of the ground-truth tokens."""
+    from echat.eval.asr import transcribe
+    from echat.models.generate import generate
+
+    if ctx.skip_reason or not records:
+        return _skipped_generation(len(records), ctx.skip_reason or "no TTS records in this subset")
+    spoken = []
+    for record in tqdm(records, desc=desc, unit="utt", disable=not ctx.progress):
+        options = replace(default_options(OutputType.TTS), seed=TTS_SEED,
+                          max_speech_tokens=speech_token_cap(record.txt))
+        spoken.append(generate(ctx.model, text=record.txt, task=TEXT2TOKEN, options=options).speech_tokens)
+    truth = [list(r.extra["speech_token"])[:WHISPER_MAX_TOKENS] for r in records]
+    texts = transcribe([ctx.token2wav(tokens) for tokens in spoken + truth], device=ctx.device,
+                       progress=ctx.progress)
+    refs = [r.txt for r in records]
+    wer_model, wer_truth = wer(refs, texts[:len(refs)]), wer(refs, texts[len(refs):])
+    return {"items": len(records), "skipped": None, "wer_model": wer_model, "wer_ground_truth": wer_truth,
+            "wer_ratio": wer_model / wer_truth if wer_truth else None, "within_2x": wer_model <= 2 * wer_truth,
+            "speech_tokens_model": sum(map(len, spoken)) / len(spoken),
+            "speech_tokens_ground_truth": sum(map(len, truth)) / len(truth),
+            "examples": [{"key": r.key, "reference": r.txt, "model": m, "ground_truth": t}
+                         for r, m, t in list(zip(records, texts, texts[len(refs):]))[:2]]}
+
+
+def reference_reply_emotion(record: Record, prompt_set: str) -> str:
+    """``extra.reply_emotion``, else the leading tag of the record's target."""
+    return record.extra.get("reply_emotion") or split_reply_tag(record.txt, prompt_set)[0]
+
+
+def think_references(record: Record) -> dict[str, str | None]:
+    """The tag-think fields a record's think should report (None = unknown)."""
+    cues = Cues.from_extra(record.extra)
+    return {"transcript": cues.transcript or None, "age": cues.age, "gender": cues.gender, "emotion": cues.emotion,
+            "event": cues.event, "reply_emotion": record.extra.get("reply_emotion")}
+
+
+def run_empathy(ctx: StageContext, records: list[Record], desc: str) -> dict:
+    """Think parse rate, think field accuracy and reply-emotion accuracy of the dialogue records."""
+    from echat.models.generate import generate
+
+    raws, tasks = [], Counter()
+    for record in tqdm(records, desc=desc, unit="dialogue", disable=not ctx.progress):
+        task = empathy_task(record, ctx.think)
+        tasks[task] += 1
+        raws.append(generate(ctx.model, load_audio(record.audio_path()), task=task, think=ctx.think,
+                             options=EMPATHY_OPTIONS).raw_text)
+    predictions = [reply_emotion_prediction(raw, ctx.prompt_set, ctx.classifier) for raw in raws]
+    refs = [reference_reply_emotion(r, ctx.prompt_set) for r in records]
+    hyps = [label or NONE_LABEL for label, _ in predictions]
+    fields = [parse_tag_think(think_body(raw) or "", ctx.prompt_set) for raw in raws]
+    out = {"items": len(records), "tasks": dict(tasks),
+           "think_parse_rate": think_parse_rate(raws, ctx.think, ctx.prompt_set) if ctx.think != "none" else None,
+           "think_field_accuracy": (think_field_accuracy(fields, [think_references(r) for r in records])
+                                    if ctx.think == "tag" else None),
+           "reply_emotion_accuracy": label_accuracy(refs, hyps),
+           "reply_emotion_sources": dict(Counter(source for _, source in predictions)),
+           "reply_emotion": _label_scores(refs, hyps, REPLY_EMOTIONS[ctx.prompt_set]),
+           "classifier_accuracy_ground_truth": None, "examples": raws[:2]}
+    if ctx.classifier is not None:
+        truth = [split_reply_tag(r.txt, ctx.prompt_set)[1] for r in records]
+        out["classifier_accuracy_ground_truth"] = label_accuracy(refs, ctx.classifier.predict(truth))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def _classifier(corpus: Path, records: list[Record], prompt_set: str) -> tuple[ReplyEmotionClassifier | None, dict]:
+    """The reply-emotion classifier fitted on the corpus's train split, and its accuracy on ``records``."""
+    try:
+        classifier = ReplyEmotionClassifier.from_corpus(corpus, "train", prompt_set)
+    except ValueError as err:
+        return None, {"skipped": f"no reply-emotion classifier: {str(err).splitlines()[0]}"}
+    texts, labels = dialogue_replies(records, prompt_set)
+    return classifier, {"kind": "multinomial naive Bayes over word counts", "train_replies": classifier.n_train,
+                        "test_replies": len(texts),
+                        "test_accuracy": label_accuracy(labels, classifier.predict(texts)) if texts else None}
+
+
+def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
+    """The corpus's MiniToken2Wav, or None and the reason the generation stage is skipped."""
+    from echat.eval.asr import whisper_base_files
+    from echat.token2wav.mini import MiniToken2Wav
+
+    folder = corpus / "speech_tokenizer"
+    if not folder.is_dir():
+        return None, f"no speech tokenizer folder {folder}"
+    token2wav = MiniToken2Wav.from_folder(folder)
+    if token2wav.codebook_size != model.config.speech.codebook_size:
+        return None, (f"the corpus's speech codebook has {token2wav.codebook_size} tokens, the model's "
+                      f"{model.config.speech.codebook_size}")
+    try:
+        whisper_base_files()
+    except RuntimeError as err:
+        return None, str(err)
+    return token2wav, None
+
+
+def _check(stages: Sequence[str], think: str, limit: int | None) -> None:
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"unknown or no stages {list(stages)}; choose from {', '.join(STAGES)}")
+    if think not in THINK_MODES:
+        raise ValueError(f"unknown think mode {think!r}; choose one of {', '.join(THINK_MODES)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
+def _subset_report(ctx: StageContext, records: list[Record], stages: Sequence[str], name: str) -> dict:
+    """The stages of one subset, in the order of :data:`STAGES`, each with its wall-clock seconds."""
+    runs = {"understanding": (run_understanding, user_clips), "generation": (run_generation, tts_records),
+            "empathy": (run_empathy, dialogue_records)}
+    out: dict[str, Any] = {}
+    for stage in (s for s in STAGES if s in stages):
+        run, items = runs[stage]
+        start = time.perf_counter()
+        out[stage] = run(ctx, _cap(items(records), ctx.limit), f"{name} {stage}")
+        out[stage]["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[str] = STAGES,
+             limit: int | None = None, think: str = "tag", progress: bool = True) -> dict:
+    """Evaluate ``model`` on ``corpus/{split}.jsonl`` stage by stage, per test subset.
+
+    Returns a JSON-able report: ``subsets -> {seen, unseen} -> {understanding, generation,
+    empathy}`` plus the settings, the protocol and the reply-emotion classifier's own accuracy
+    (see the module docstring). The model is put in eval mode for the run (its mode is restored);
+    a model without a text tokenizer gets the corpus's ``text_tokenizer/``.
+    """
+    stages = tuple(stages)
+    _check(stages, think, limit)
+    corpus, start = Path(corpus), time.perf_counter()
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"{corpus}: no such corpus folder")
+    records = read_manifest(corpus / f"{split}.jsonl")
+    if model.tokenizer is None and (corpus / "text_tokenizer").is_dir():
+        from echat.text_tokenizer import load_tokenizer
+
+        model.tokenizer = load_tokenizer(corpus / "text_tokenizer")
+    prompt_set = model.config.text.prompt_set
+    classifier, classifier_info = _classifier(corpus, records, prompt_set) if "empathy" in stages else (None, None)
+    token2wav, reason = _token2wav(model, corpus) if "generation" in stages else (None, None)
+    ctx = StageContext(model, think, limit, classifier, token2wav, reason, model.device.type, progress)
+    report = {"model": model.config.name, "corpus": str(corpus), "split": split, "stages": list(stages),
+              "think": think, "limit": limit, "prompt_set": prompt_set, "protocol": PROTOCOL,
+              "reply_emotion_classifier": classifier_info, "subsets": {}}
+    was_training = model.training
+    model.eval()
+    try:
+        for name, group in group_subsets(records).items():
+            report["subsets"][name] = _subset_report(ctx, group, stages, name)
+    finally:
+        model.train(was_training)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+
+
+def confusion_tables(report: dict) -> list[tuple[str, str, dict]]:
+    """(subset, name, {labels, confusion}) of every confusion matrix in a report."""
+    tables = []
+    for subset, stages in report["subsets"].items():
+        for field, scores in stages.get("understanding", {}).get("labels", {}).items():
+            tables.append((subset, field, scores))
+        if "empathy" in stages:
+            tables.append((subset, "reply_emotion", stages["empathy"]["reply_emotion"]))
+    return tables
+
+
+def save_report(report: dict, out_dir: str | Path) -> list[Path]:
+    """Write ``eval.json`` and one ``confusion_{subset}_{name}.png`` per confusion matrix to ``out_dir``
+    (created); returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "eval.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    written = [path]
+    for subset, name, scores in confusion_tables(report):
+        png = out / f"confusion_{subset}_{name}.png"
+        title = f"{name}, {subset}: accuracy {scores['accuracy']:.2f}"
+        plot_confusion(scores["confusion"], scores["labels"], title, png)
+        written.append(png)
+    return written
+
+
+_ROWS = (
+    ("understanding: clips", "understanding", ("items",)),
+    ("  ASR CER", "understanding", ("asr", "cer")),
+    ("  ASR WER", "understanding", ("asr", "wer")),
+    *((f"  {field} accuracy", "understanding", ("labels", field, "accuracy")) for field in LABEL_FIELDS),
+    ("generation: TTS utterances", "generation", ("items",)),
+    ("  WER model speech", "generation", ("wer_model",)),
+    ("  WER ground truth re-synthesised", "generation", ("wer_ground_truth",)),
+    ("  WER ratio model / ground truth", "generation", ("wer_ratio",)),
+    ("  within 2x of ground truth", "generation", ("within_2x",)),
+    ("empathy: dialogues", "empathy", ("items",)),
+    ("  think parse rate", "empathy", ("think_parse_rate",)),
+    *((f"  think {field} accuracy", "empathy", ("think_field_accuracy", field))
+      for field in ("transcript", "age", "gender", "emotion", "event", "reply_emotion")),
+    ("  reply-emotion accuracy", "empathy", ("reply_emotion_accuracy",)),
+    ("  reply emotions from a tag", "empathy", ("reply_emotion_sources", "tag")),
+    ("  reply emotions from the classifier", "empathy", ("reply_emotion_sources", "classifier")),
+    ("  reply emotions missing", "empathy", ("reply_emotion_sources", "none")),
+    ("  classifier on ground-truth replies", "empathy", ("classifier_accuracy_ground_truth",)),
+)
+
+
+def _dig(data: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render(report: dict) -> str:
+    """A readable text summary of a report: settings, then one table row per score, one column per subset."""
+    subsets = report["subsets"]
+    lines = [f"EChat evaluation: model {report['model']}, corpus {report['corpus']} ({report['split']}), "
+             f"think {report['think']}, limit {report['limit']}, {report.get('seconds', '-')} s"]
+    if report.get("checkpoint"):
+        lines.append(f"checkpoint: {report['checkpoint']}")
+    info = report.get("reply_emotion_classifier")
+    if info and info.get("skipped"):
+        lines.append(info["skipped"])
+    elif info:
+        lines.append(f"reply-emotion classifier ({info['kind']}, {info['train_replies']} training replies): "
+                     f"accuracy {_cell(info['test_accuracy'])} on {info['test_replies']} ground-truth "
+                     f"{report['split']} replies")
+    lines += ["", f"{'':38}" + "".join(f"{name:>10}" for name in subsets)]
+    for label, stage, keys in _ROWS:
+        if stage in report["stages"]:
+            values = [_dig(subsets[name].get(stage), keys) for name in subsets]
+            if stage != "generation" and all(v is None for v in values) and len(keys) > 1:
+                continue
+            lines.append(f"{label:38}" + "".join(f"{_cell(v):>10}" for v in values))
+    for name in subsets:
+        reason = _dig(subsets[name].get("generation"), ("skipped",))
+        if reason:
+            lines.append(f"generation skipped ({name}): {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""Stage recipes as config values: which records, in which mix, which modules train, for how long.
+
+The understanding-driven recipe of the paper, plus a stage 0 for the mini world:
+- ``text`` (mini only): language-model pre-training of the tiny Qwen2 on the corpus text (loss on the
+  whole ChatML text of T2T-shaped records: questions, replies, think blocks), as the real system
+  starts from a pre-trained Qwen2.5-Instruct;
+- ``understanding``: ASR + ASR+P + only-P, encoder + adapter trainable (LLM frozen, unless a recipe
+  gives it a learning-rate scale — see ``module_lr``);
+- ``generation``: TTS first (phase 1), then S2S dialogue with T2T mixed in (phase 2);
+- ``empathy``: S2T/S2S with the dual think, everything trainable unless frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+
+from echat.data.schema import Record
+from echat.tokens import OutputType, is_only_p
+
+FAMILIES = ("asr", "asrp", "only_p", "tts", "s2t", "s2t_think", "s2s", "s2s_think", "s2s_history", "t2t", "text_lm")
+
+
+def family(record: Record) -> str:
+    """The task family of a record (the unit of a data mix)."""
+    kind = record.output_type
+    if kind is OutputType.TEXT:
+        return "asr" if record.task == "<TRANSCRIBE>" else "only_p" if is_only_p(record.task) else "asrp"
+    return {OutputType.TTS: "tts", OutputType.S2T_CHAT: "s2t", OutputType.S2T_THINK: "s2t_think",
+            OutputType.S2S: "s2s", OutputType.S2S_THINK: "s2s_think", OutputType.S2S_HISTORY: "s2s_history",
+            OutputType.T2T: "t2t"}.get(kind, "other")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A run of ``steps`` optimizer steps over a weighted mix of task families."""
+
+    mix: tuple[tuple[str, float], ...]
+    steps: int
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """One training stage. ``module_lr`` scales the learning rate per top-level module (0 = frozen)."""
+
+    name: str
+    phases: tuple[Phase, ...]
+    module_lr: tuple[tuple[str, float], ...]
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    scheduler: str = "constant"
+    think: str = "none"
+    lora: bool = False
+    epoch_size: int = 512  # records drawn per epoch (then batched)
+
+    @property
+    def max_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    def phase_at(self, step: int) -> tuple[int, Phase]:
+        for index, phase in enumerate(self.phases):
+            if step < phase.steps:
+                return index, phase
+            step -= phase.steps
+        return len(self.phases) - 1, self.phases[-1]
+
+    def describe(self) -> str:
+        lines = [f"stage {self.name}: {self.max_steps} steps, lr {self.lr:g} ({self.scheduler}, warm-up "
+                 f"{self.warmup_steps}), think {self.think}, trainable x lr: "
+                 + ", ".join(f"{m} {s:g}" for m, s in self.module_lr)]
+        for i, phase in enumerate(self.phases):
+            total = sum(w for _, w in phase.mix)
+            lines.append(f"  phase {i + 1} ({phase.steps} steps): "
+                         + ", ".join(f"{f} {w / total:.0%}" for f, w in phase.mix))
+        return "\n".join(lines)
+
+
+ALL = ("encoder", "adapter", "llm", "speech_embedding", "speech_head")
+
+
+def _lr(**scales: float) -> tuple[tuple[str, float], ...]:
+    return tuple((m, scales.get(m, 0.0)) for m in ALL)
+
+
+def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
+    """The four stages; ``scale`` multiplies every phase length (smoke: tiny, mini: minutes)."""
+    steps = lambda n: max(2, round(n * scale))  # noqa: E731
+    return tuple(dataclasses.replace(s, epoch_size=max(32, round(512 * min(1.0, 10 * scale))))
+                 for s in _full_stages(steps, think))
+
+
+def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
+    return (
+        StageRecipe("text", (Phase((("text_lm", 1.0),), steps(300)),), _lr(llm=1.0), lr=2e-3),
+        StageRecipe("understanding", (Phase((("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0)), steps(900)),),
+                    _lr(encoder=1.0, adapter=1.0, llm=0.3), lr=1e-3),
+        StageRecipe("generation", (Phase((("tts", 1.0),), steps(300)),
+                                   Phase((("s2s", 2.0), ("s2t", 1.0), ("tts", 1.0), ("t2t", 0.5),
+                                          ("s2s_history", 0.3)), steps(300))),
+                    _lr(adapter=1.0, llm=1.0, speech_embedding=1.0, speech_head=1.0), lr=1e-3),
+        StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
+                                      steps(300)),),
+                    _lr(encoder=0.3, adapter=1.0, llm=1.0, speech_embedding=1.0, speech_head=1.0),
+                    lr=5e-4, think=think),
+    )
+
+
+RECIPES = {"smoke": 0.01, "mini": 1.0}
+STAGE_NAMES = ("text", "understanding", "generation", "empathy")
+
+
+def recipe(name: str, think: str = "tag") -> tuple[StageRecipe, ...]:
+    """The stages of recipe ``name`` (``smoke``: seconds, for tests; ``mini``: the CPU world)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return _stages(RECIPES[name], think)
+
+
+def stage(recipe_name: str, stage_name: str, think: str = "tag", max_steps: int | None = None) -> StageRecipe:
+    """One stage of a recipe, optionally cut to ``max_steps`` (phases shortened in proportion)."""
+    found = {s.name: s for s in recipe(recipe_name, think)}
+    if stage_name not in found:
+        raise ValueError(f"unknown stage {stage_name!r}; choose one of {STAGE_NAMES}")
+    chosen = found[stage_name]
+    if max_steps is None:
+        return chosen
+    factor = max_steps / chosen.max_steps
+    phases = tuple(dataclasses.replace(p, steps=max(1, round(p.steps * factor))) for p in chosen.phases)
+    return dataclasses.replace(chosen, phases=phases)
+
+
+def text_lm_records(records: list[Record]) -> list[Record]:
+    """Stage-0 text: every T2T pair and every dialogue turn as a (question -> reply) text record."""
+    out = [r for r in records if family(r) == "t2t"]
+    for r in records:
+        if family(r) in ("s2t", "s2t_think", "s2s", "s2s_think") and r.extra.get("q_txt"):
+            extra = {**r.extra, "question": r.extra["q_txt"]}
+            out.append(dataclasses.replace(r, key=f"{r.key}_text", wav=None, task="<TEXT2TEXT>", extra=extra))
+    return out
+
+
+def mix_records(by_family: dict[str, list[Record]], phase: Phase, count: int, rng: random.Random) -> list[Record]:
+    """``count`` records drawn (with replacement) from the families of ``phase`` by their weights."""
+    present = [(f, w) for f, w in phase.mix if by_family.get(f)]
+    if not present:
+        raise ValueError(f"no records for any family of {[f for f, _ in phase.mix]}")
+    total = sum(w for _, w in present)
+    chosen = []
+    for fam, weight in present:
+        pool = by_family[fam]
+        chosen += [pool[rng.randrange(len(pool))] for _ in range(max(1, round(count * weight / total)))]
+    rng.shuffle(chosen)
+    return chosen
+
+
+@dataclass
+class RecordPool:
+    """Training records grouped by family (stage 0's text records under ``text_lm``)."""
+
+    by_family: dict[str, list[Record]] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, records: list[Record]) -> RecordPool:
+        pool = cls()
+        for r in records:
+            pool.by_family.setdefault(family(r), []).append(r)
+        pool.by_family["text_lm"] = text_lm_records(records)
+        return pool

@@ -1,0 +1,91 @@
+"""Running stages and whole recipes on a corpus folder: the functions behind ``echat train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from echat.data.pipeline import Sample, SkipSummary, load_samples
+from echat.data.schema import read_manifest
+from echat.train.recipes import StageRecipe, recipe
+from echat.train.trainer import Trainer, TrainingError, latest_checkpoint
+
+FINAL = "final"
+RECIPE_PRESET = {"smoke": "smoke", "mini": "mini"}
+
+
+def load_split(corpus: str | Path, split: str, config) -> list[Sample]:
+    """Decoded samples of a corpus split; unusable ones are skipped and the summary printed."""
+    corpus = Path(corpus)
+    if not (corpus / f"{split}.jsonl").exists():
+        raise FileNotFoundError(f"{corpus}: no {split}.jsonl (build one with `echat data mini --out {corpus}`)")
+    skipped = SkipSummary()
+    samples = list(load_samples(read_manifest(corpus / f"{split}.jsonl", codebook_size=config.speech.codebook_size),
+                                corpus, config, skipped))
+    if skipped.total:
+        print(skipped.render())
+    if not samples:
+        raise TrainingError(f"{corpus / (split + '.jsonl')}: no usable samples")
+    return samples
+
+
+def check_corpus(corpus: str | Path) -> Path:
+    """A corpus folder with the files training reads, or one clear error."""
+    corpus = Path(corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"{corpus}: no such data folder (build one with `echat data mini --out {corpus}`)")
+    for name in ("train.jsonl", "dev.jsonl", "text_tokenizer"):
+        if not (corpus / name).exists():
+            raise FileNotFoundError(f"{corpus}: no {name} (build the corpus with `echat data mini --out {corpus}`)")
+    return corpus
+
+
+def _model(preset: str, corpus: Path, init: str | Path | None):
+    from echat.models.echat import EChat
+    from echat.text_tokenizer import load_tokenizer
+
+    if init:
+        model = EChat.from_checkpoint(latest_checkpoint(init))
+        if model.config.name != preset:
+            raise TrainingError(f"{init} holds a {model.config.name} model, not {preset}")
+    else:
+        model = EChat.from_preset(preset, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
+    info = json.loads((corpus / "corpus.json").read_text()) if (corpus / "corpus.json").exists() else {}
+    size = info.get("codebook_size", model.config.speech.codebook_size)
+    if size != model.config.speech.codebook_size:
+        raise TrainingError(f"{corpus} has {size} speech codes but preset {preset} expects "
+                            f"{model.config.speech.codebook_size}")
+    return model
+
+
+def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset: str, init=None,
+                resume: bool = False, progress: bool = True, **trainer_args) -> Path:
+    """Train one stage into ``out``; returns the folder of its final checkpoint (``out/final``)."""
+    corpus, out = check_corpus(corpus), Path(out)
+    model = _model(preset, corpus, init)
+    if stage.lora and not hasattr(model.llm, "peft_config"):
+        from echat.train.stages import add_lora
+
+        add_lora(model)
+    trainer = Trainer(model, stage, load_split(corpus, "train", model.config), out,
+                      dev=load_split(corpus, "dev", model.config), progress=progress, **trainer_args)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    trainer.acc.unwrap_model(trainer.model).save(out / FINAL)
+    return out / FINAL
+
+
+def run_recipe(name: str, corpus: str | Path, out: str | Path, think: str = "tag", progress: bool = True,
+               **trainer_args) -> list[Path]:
+    """Stages 0 -> 3 in order, each starting from the previous stage's final checkpoint.
+    A stage whose ``final`` checkpoint already exists is not trained again."""
+    check_corpus(corpus)
+    out, finals, init = Path(out), [], None
+    for index, stage in enumerate(recipe(name, think)):
+        folder = out / f"{index}_{stage.name}"
+        if not (folder / FINAL / "model.safetensors").exists():
+            train_stage(stage, corpus, folder, RECIPE_PRESET[name], init=init, progress=progress, **trainer_args)
+        init = folder / FINAL
+        finals.append(init)
+    return finals

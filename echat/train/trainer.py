@@ -1,0 +1,319 @@
+"""One trainer for every stage, on Hugging Face ``accelerate`` (CPU, one GPU, or many via ``accelerate launch``).
+
+Design choices:
+- ``accelerate`` does devices, DDP/FSDP/DeepSpeed, gradient accumulation and mixed precision (bf16 on
+  GPU, fp32 on CPU); there is no home-made distributed code. Every rank builds the same epoch of
+  batches (deterministic for seed and epoch) and takes every ``world``-th one, so ranks see disjoint data.
+- AdamW with the reference's betas (0.9, 0.99), eps 1e-6, weight decay 0.01; per-module learning-rate
+  scales from the recipe (0 = frozen); warm-up then inverse-sqrt (reference), cosine or constant.
+- Checkpoints (``ckpt/step_NNNNNN/``: the model in echat's format + ``trainer_state.pt`` with optimizer,
+  scheduler, step, data position and RNG states) are written to a temporary folder and renamed, so a
+  killed run never leaves a broken one; the last ``keep`` are kept; ``latest`` names the newest.
+- Resuming restores the data position and every RNG, so N steps straight equal N/2 + resume + N/2.
+- A non-finite loss stops the run naming the step and batch keys; Ctrl-C saves a resumable checkpoint.
+- Metrics go to ``metrics.jsonl`` (per step: loss per task, lr; per evaluation: dev loss and a few
+  greedy decodes) and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from echat.data.pipeline import DataPipeline, Sample
+from echat.train.recipes import RecordPool, StageRecipe, mix_records
+from echat.train.stages import MODULES
+
+CHECKPOINTS = "ckpt"
+LATEST = "latest"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, no usable data, a checkpoint of another preset)."""
+
+
+def lr_lambda(recipe: StageRecipe):
+    """Multiplier of the base lr at an optimizer step: linear warm-up, then the recipe's schedule."""
+    warmup, total = max(1, recipe.warmup_steps), max(1, recipe.max_steps)
+
+    def factor(step: int) -> float:
+        step += 1
+        if step <= warmup:
+            return step / warmup
+        if recipe.scheduler == "inverse_sqrt":
+            return math.sqrt(warmup / step)
+        if recipe.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        return 1.0
+
+    return factor
+
+
+def build_optimizer(model, recipe: StageRecipe, config) -> torch.optim.Optimizer:
+    """AdamW over the modules the recipe trains, each at ``lr x scale``; other parameters are frozen."""
+    scales = dict(recipe.module_lr)
+    groups = []
+    for name in MODULES:
+        params = [p for n, p in getattr(model, name).named_parameters()
+                  if scales.get(name, 0.0) > 0 and (not recipe.lora or name != "llm" or "lora_" in n)]
+        for p in getattr(model, name).parameters():
+            p.requires_grad = False
+        for p in params:
+            p.requires_grad = True
+        if params:
+            groups.append({"params": params, "lr": recipe.lr * scales[name], "name": name})
+    if not groups:
+        raise TrainingError(f"stage {recipe.name} trains nothing")
+    train = config.train
+    return torch.optim.AdamW(groups, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
+
+
+@dataclass
+class TrainState:
+    """Where a run is: optimizer steps done, and the data position (epoch, batches consumed)."""
+
+    step: int = 0
+    epoch: int = 0
+    phase: int = 0  # the recipe phase whose mix the current epoch draws from
+    batch_in_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs one :class:`StageRecipe` on a model and a list of training samples."""
+
+    def __init__(self, model, recipe: StageRecipe, samples: list[Sample], out: str | Path,
+                 dev: list[Sample] | None = None, eval_every: int = 100, save_every: int = 200, keep: int = 2,
+                 accelerator: Accelerator | None = None, progress: bool = True):
+        self.model, self.recipe, self.out = model, recipe, Path(out)
+        self.config = model.config
+        self.pool = RecordPool.from_records([s.record for s in samples])
+        self.audio = {s.record.key: s for s in samples}
+        self.dev = dev or []
+        self.eval_every, self.save_every, self.keep = eval_every, save_every, keep
+        self.progress = progress
+        cuda = torch.cuda.is_available()
+        self.acc = accelerator or Accelerator(gradient_accumulation_steps=self.config.train.accum_steps,
+                                              mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+        self.optimizer = build_optimizer(model, recipe, self.config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe))
+        self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, self.optimizer, self.scheduler)
+        self.state = TrainState()
+        self.pipeline = DataPipeline(self.config, model.tokenizer, think=recipe.think, train=True,
+                                     text_lm=recipe.name == "text")
+
+    # -- data ------------------------------------------------------------------------------------
+    def _samples(self, records) -> list[Sample]:
+        out = []
+        for r in records:
+            base = self.audio.get(r.key) or self.audio.get(r.key.removesuffix("_text"))
+            out.append(Sample(r, base.audio if r.wav else None, base.history_audio if r.wav else []))
+        return out
+
+    def epoch_batches(self, epoch: int, phase_index: int):
+        """This rank's batches of ``epoch`` (same on every rank, then split: disjoint across ranks)."""
+        phase = self.recipe.phases[phase_index]
+        rng = random.Random(self.config.train.seed * 7919 + epoch)
+        records = mix_records(self.pool.by_family, phase, self.recipe.epoch_size, rng)
+        batches = list(self.pipeline.batches(self._samples(records), epoch))
+        world, rank = self.acc.num_processes, self.acc.process_index
+        usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+        return batches[:usable][rank::world] if world > 1 else batches
+
+    def _stream(self):
+        """Batches from the saved data position onwards, epoch after epoch."""
+        while True:
+            batches = self.epoch_batches(self.state.epoch, self.state.phase)
+            if not batches:
+                raise TrainingError(f"stage {self.recipe.name}: no usable training batches")
+            for index in range(self.state.batch_in_epoch, len(batches)):
+                if self.recipe.phase_at(self.state.step)[0] != self.state.phase:
+                    break  # a new phase starts a new epoch with its own mix
+                self.state.batch_in_epoch = index + 1
+                yield batches[index]
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            self.state.phase = self.recipe.phase_at(self.state.step)[0]
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(self, until: int | None = None) -> TrainState:
+        """Train to the recipe's length, or to step ``until`` (then save a resumable checkpoint)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.acc.is_main_process:
+            print(self.recipe.describe())
+        bar = tqdm(total=self.recipe.max_steps, initial=self.state.step, desc=self.recipe.name,
+                   disable=not (self.progress and self.acc.is_main_process))
+        stream = self._stream()
+        try:
+            while self.state.step < min(self.recipe.max_steps, until or self.recipe.max_steps):
+                record = self._train_step(next(stream))
+                if record is None:
+                    continue
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", task=record["task"])
+                self._after_step()
+        except KeyboardInterrupt:
+            path = self.save()
+            print(f"interrupted at step {self.state.step}: resumable checkpoint in {path}")
+            raise
+        finally:
+            bar.close()
+        self.save()
+        self.plot()
+        return self.state
+
+    def _train_step(self, batch) -> dict | None:
+        """One micro-batch; returns the logged record when an optimizer step happened."""
+        model = self.model
+        model.train()
+        with self.acc.accumulate(model):
+            out = model(batch.to(self.acc.device))
+            if not torch.isfinite(out.loss):
+                raise TrainingError(f"non-finite loss {float(out.loss)} at step {self.state.step}, "
+                                    f"batch {batch.kind.value}: {', '.join(batch.keys[:5])}")
+            self.acc.backward(out.loss)
+            if self.acc.sync_gradients:
+                self.acc.clip_grad_norm_(model.parameters(), self.config.train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        if not self.acc.sync_gradients:
+            return None
+        self.state.step += 1
+        record = {"step": self.state.step, "loss": out.loss.item(), "task": batch.kind.value,
+                  "lr": self.scheduler.get_last_lr()[0], "rows": len(batch.keys)}
+        self._log(record)
+        return record
+
+    def _after_step(self) -> None:
+        step = self.state.step
+        if self.dev and self.eval_every and step % self.eval_every == 0:
+            self.evaluate()
+        if self.save_every and step % self.save_every == 0 and step < self.recipe.max_steps:
+            self.save()
+
+    def _log(self, record: dict) -> None:
+        self.state.history.append(record)
+        if self.acc.is_main_process:
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, decodes: int = 2) -> dict:
+        """Dev loss per task family of this stage, and a few greedy decodes (printed and logged)."""
+        from echat.config import GenerationOptions
+        from echat.models.generate import generate
+        from echat.train.recipes import family
+
+        families = {f for p in self.recipe.phases for f, _ in p.mix}
+        dev = [s for s in self.dev if family(s.record) in families or
+               ("text_lm" in families and family(s.record) == "t2t")]
+        model = self.acc.unwrap_model(self.model).eval()
+        pipe = DataPipeline(self.config, model.tokenizer, think=self.recipe.think, train=False,
+                            text_lm=self.recipe.name == "text")
+        losses: dict[str, list[float]] = {}
+        for batch in pipe.batches(dev):
+            losses.setdefault(batch.kind.value, []).append(float(model(batch.to(self.acc.device)).loss))
+        record = {"step": self.state.step, "dev_loss": {k: float(np.mean(v)) for k, v in losses.items()}}
+        options = GenerationOptions(do_sample=False, max_new_tokens=48, max_speech_tokens=100)
+        shown = []
+        for sample in dev[:decodes]:
+            result = generate(model, sample.audio, None if sample.record.wav else sample.record.extra.get(
+                "question", sample.record.txt), sample.record.task, self.recipe.think, options)
+            shown.append({"key": sample.record.key, "ref": sample.record.txt[:120], "hyp": result.raw_text[:120],
+                          "speech_tokens": len(result.speech_tokens)})
+        record["decodes"] = shown
+        self._log(record)
+        if self.acc.is_main_process and self.progress:
+            tqdm.write(f"[{self.recipe.name} step {self.state.step}] dev loss {record['dev_loss']}")
+            for d in shown:
+                tqdm.write(f"  {d['key']}: {d['hyp']!r} (ref {d['ref']!r})")
+        return record
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write ``ckpt/step_NNNNNN`` atomically and point ``latest`` at it; keep the last ``keep``."""
+        from echat.models.checkpoint import save_checkpoint
+
+        self.acc.wait_for_everyone()
+        final = self.out / CHECKPOINTS / f"step_{self.state.step:06d}"
+        if not self.acc.is_main_process:
+            return final
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            save_checkpoint(self.acc.unwrap_model(self.model), tmp)
+            torch.save(self._trainer_state(), tmp / "trainer_state.pt")
+        except OSError as err:  # e.g. a full disk: the previous checkpoint stays as it was
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TrainingError(f"could not save {final} ({err}); the previous checkpoint is intact") from err
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        pointer = self.out / CHECKPOINTS / f".{LATEST}.tmp"
+        pointer.write_text(final.name + "\n")
+        pointer.replace(self.out / CHECKPOINTS / LATEST)
+        for old in sorted((self.out / CHECKPOINTS).glob("step_*"))[: -self.keep]:
+            shutil.rmtree(old)
+        return final
+
+    def _trainer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.state.step, "epoch": self.state.epoch, "phase": self.state.phase,
+                "batch_in_epoch": self.state.batch_in_epoch, "recipe": self.recipe.name,
+                "preset": self.config.name, "python_rng": random.getstate(), "numpy_rng": _numpy_rng(),
+                "torch_rng": torch.get_rng_state(), "history": self.state.history}
+
+    def resume(self, checkpoint: str | Path | None = None) -> None:
+        """Continue from ``checkpoint`` (default: this run's ``latest``): weights, optimizer, scheduler,
+        data position and RNG states."""
+        from safetensors.torch import load_model
+
+        path = Path(checkpoint) if checkpoint else latest_checkpoint(self.out)
+        state = torch.load(path / "trainer_state.pt", weights_only=True)
+        if state["preset"] != self.config.name or state["recipe"] != self.recipe.name:
+            raise TrainingError(f"{path} was written by stage {state['recipe']} of preset {state['preset']}, "
+                                f"not stage {self.recipe.name} of {self.config.name}")
+        load_model(self.acc.unwrap_model(self.model), str(path / "model.safetensors"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(state["step"], state["epoch"], state["phase"], state["batch_in_epoch"],
+                                state["history"])
+        random.setstate(state["python_rng"])
+        name, keys, *rest = state["numpy_rng"]
+        np.random.set_state((name, keys.numpy(), *rest))
+        torch.set_rng_state(state["torch_rng"])
+
+    def plot(self) -> None:
+        """``loss.png``: training loss per task and dev loss over steps."""
+        if not self.acc.is_main_process:
+            return
+        from echat.train.plots import plot_history
+
+        plot_history(self.state.history, self.out / "loss.png", title=f"stage {self.recipe.name}")
+
+
+def _numpy_rng() -> tuple:
+    """numpy's global RNG state with its key array as a tensor (loadable with ``weights_only=True``)."""
+    name, keys, *rest = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+
+
+def latest_checkpoint(run: str | Path) -> Path:
+    """The newest checkpoint of a run folder (or the folder itself if it is a checkpoint)."""
+    run = Path(run)
+    if (run / "model.safetensors").exists():
+        return run
+    pointer = run / CHECKPOINTS / LATEST
+    if not pointer.exists():
+        raise FileNotFoundError(f"{run}: no checkpoint (no {CHECKPOINTS}/{LATEST})")
+    return run / CHECKPOINTS / pointer.read_text().strip()

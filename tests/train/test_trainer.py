@@ -1,0 +1,120 @@
+"""The trainer: a whole smoke recipe, exact resume, checkpoints, and every fault with one clear message."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from echat.train.recipes import stage
+from echat.train.run import _model, load_split
+from echat.train.trainer import Trainer, TrainingError, latest_checkpoint
+
+
+def _trainer(corpus, out, steps=4, **kw):
+    model = _model("smoke", corpus, None)
+    samples = load_split(corpus, "train", model.config)
+    return Trainer(model, stage("smoke", "understanding", max_steps=steps), samples, out, progress=False, **kw)
+
+
+def test_smoke_recipe_trains_every_stage_from_the_command_line(smoke_corpus, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "echat", "train", "--recipe", "smoke", "--data", str(smoke_corpus),
+                          "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("0_text", "1_understanding", "2_generation", "3_empathy"):
+        run = tmp_path / "runs" / name
+        assert (run / "final" / "model.safetensors").exists() and (run / "loss.png").exists()
+        steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert all(torch.isfinite(torch.tensor(s["loss"])) for s in steps if "loss" in s)
+    assert "phase 1" in out.stdout and "trainable x lr" in out.stdout
+
+
+def test_resume_continues_exactly(smoke_corpus, tmp_path):
+    torch.manual_seed(0)
+    straight = _trainer(smoke_corpus, tmp_path / "a", steps=6)
+    torch.manual_seed(0)
+    halves = _trainer(smoke_corpus, tmp_path / "b", steps=6)
+    straight.fit()
+    halves.fit(until=3)
+    torch.manual_seed(123)  # the resumed run must not depend on the RNG it starts with
+    resumed = _trainer(smoke_corpus, tmp_path / "b", steps=6)
+    resumed.resume()
+    resumed.fit()
+    a = [h["loss"] for h in straight.state.history if "loss" in h]
+    b = [h["loss"] for h in resumed.state.history if "loss" in h]
+    assert len(a) == len(b) == 6
+    assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def test_checkpoints_are_kept_last_k_and_latest_points_at_the_newest(smoke_corpus, tmp_path):
+    trainer = _trainer(smoke_corpus, tmp_path, steps=5, save_every=1, keep=2)
+    trainer.fit()
+    kept = sorted(p.name for p in (tmp_path / "ckpt").glob("step_*"))
+    assert kept == ["step_000004", "step_000005"]
+    assert latest_checkpoint(tmp_path).name == "step_000005"
+    assert not list((tmp_path / "ckpt").glob(".*tmp"))
+
+
+def test_a_non_finite_loss_stops_with_the_step_and_batch_keys(smoke_corpus, tmp_path):
+    trainer = _trainer(smoke_corpus, tmp_path)
+    with torch.no_grad():
+        trainer.model.adapter.proj.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"non-finite loss nan at step 0, batch text: \S+_"):
+        trainer.fit()
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(smoke_corpus, tmp_path, monkeypatch):
+    trainer = _trainer(smoke_corpus, tmp_path, steps=2)
+    trainer.fit(until=1)
+    before = latest_checkpoint(tmp_path)
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(TrainingError, match="No space left.*previous checkpoint is intact"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path) == before and (before / "trainer_state.pt").exists()
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(smoke_corpus, tmp_path, monkeypatch):
+    trainer = _trainer(smoke_corpus, tmp_path, steps=4)
+    real = trainer._train_step
+
+    def interrupt_at_two(batch):
+        if trainer.state.step == 2:
+            raise KeyboardInterrupt
+        return real(batch)
+
+    monkeypatch.setattr(trainer, "_train_step", interrupt_at_two)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path).name == "step_000002"
+    again = _trainer(smoke_corpus, tmp_path, steps=4)
+    again.resume()
+    assert again.state.step == 2
+    again.fit()
+    assert again.state.step == 4
+
+
+def test_a_checkpoint_of_another_stage_or_preset_is_refused(smoke_corpus, tmp_path):
+    _trainer(smoke_corpus, tmp_path, steps=1).fit()
+    model = _model("smoke", smoke_corpus, None)
+    other = Trainer(model, stage("smoke", "generation", max_steps=1), load_split(smoke_corpus, "train", model.config),
+                    tmp_path, progress=False)
+    with pytest.raises(TrainingError, match="written by stage understanding"):
+        other.resume()
+    with pytest.raises(TrainingError, match="holds a smoke model, not mini"):
+        _model("mini", smoke_corpus, tmp_path)
+
+
+def test_missing_data_and_empty_manifests_are_clear_errors(smoke_corpus, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "echat", "train", "--stage", "understanding", "--preset", "smoke",
+                          "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "no such data folder" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "train.jsonl").write_text("")
+    with pytest.raises(TrainingError, match="no usable samples"):
+        load_split(tmp_path / "empty", "train", _model("smoke", smoke_corpus, None).config)
