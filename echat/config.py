@@ -287,7 +287,7 @@ def mini() -> EChatConfig:
         text=TextConfig(tokenizer="mini-bpe", bpe_vocab_size=512, prompt_set="mini"),
         train=TrainConfig(
             lr=1e-3, warmup_steps=100, scheduler="constant", accum_steps=1,
-            max_frames_in_batch=4_000, max_tokens_in_batch=4_096, max_seq_len=1024, seed=0,
+            max_frames_in_batch=3_000, max_tokens_in_batch=1_536, max_seq_len=1024, seed=0,
         ),
     )
 

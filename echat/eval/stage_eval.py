@@ -382,14 +382,18 @@ def _check(stages: Sequence[str], think: str, limit: int | None) -> None:
 
 
 def _subset_report(ctx: StageContext, records: list[Record], stages: Sequence[str], name: str) -> dict:
-    """The stages of one subset, in the order of :data:`STAGES`, each with its wall-clock seconds."""
+    """The stages of one subset, in the order of :data:`STAGES`, each with its wall-clock seconds; a
+    stage without items reports ``{"items": 0, "skipped": reason}``."""
     runs = {"understanding": (run_understanding, user_clips), "generation": (run_generation, tts_records),
             "empathy": (run_empathy, dialogue_records)}
     out: dict[str, Any] = {}
     for stage in (s for s in STAGES if s in stages):
-        run, items = runs[stage]
-        start = time.perf_counter()
-        out[stage] = run(ctx, _cap(items(records), ctx.limit), f"{name} {stage}")
+        run, find = runs[stage]
+        items, start = _cap(find(records), ctx.limit), time.perf_counter()
+        if not items and stage != "generation":
+            out[stage] = {"items": 0, "skipped": f"no {stage} items in this subset"}
+            continue
+        out[stage] = run(ctx, items, f"{name} {stage}")
         out[stage]["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
@@ -442,7 +446,7 @@ def confusion_tables(report: dict) -> list[tuple[str, str, dict]]:
     for subset, stages in report["subsets"].items():
         for field, scores in stages.get("understanding", {}).get("labels", {}).items():
             tables.append((subset, field, scores))
-        if "empathy" in stages:
+        if "reply_emotion" in stages.get("empathy", {}):
             tables.append((subset, "reply_emotion", stages["empathy"]["reply_emotion"]))
     return tables
 
@@ -523,7 +527,8 @@ def render(report: dict) -> str:
                 continue
             lines.append(f"{label:38}" + "".join(f"{_cell(v):>10}" for v in values))
     for name in subsets:
-        reason = _dig(subsets[name].get("generation"), ("skipped",))
-        if reason:
-            lines.append(f"generation skipped ({name}): {reason}")
+        for stage in report["stages"]:
+            reason = _dig(subsets[name].get(stage), ("skipped",))
+            if reason:
+                lines.append(f"{stage} skipped ({name}): {reason}")
     return "\n".join(lines)
