@@ -73,7 +73,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from pathlib import Path
 
-    from echat.eval.stage_eval import evaluate, load_model, render, resolve_checkpoint, save_report
+    from echat.eval.stage_eval import evaluate, load_model, render, save_report
+    from echat.models.checkpoint import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run)
     if not Path(args.data).is_dir():

@@ -29,6 +29,7 @@ from echat.models.reference_keys import from_reference_state_dict, layout_lines,
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+FINAL, LATEST = "final", "latest"  # run-folder names written by echat train
 
 
 class CheckpointError(ValueError):
@@ -109,6 +110,40 @@ def load_checkpoint(folder: str | os.PathLike, device="cpu") -> EChat:
     if missing or unexpected:
         raise CheckpointError(f"{folder / WEIGHTS}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     return model.to(device=device, dtype=default_dtype(device))
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds an echat checkpoint (config.json and model.safetensors)."""
+    return (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder to evaluate, given a checkpoint folder or a run folder.
+
+    In this order: ``path`` itself when it is a checkpoint; ``path/final`` (the checkpoint
+    ``echat train`` writes at the end of a stage); the folder a ``latest`` pointer names (a text file,
+    in the run folder or one level below it such as ``ckpt/latest``, holding a folder name relative
+    to the pointer's folder); else the checkpoint below ``path`` (any depth, hidden folders skipped)
+    whose model.safetensors was written last, e.g. the last trained stage of a recipe folder.
+    FileNotFoundError (one line) when there is none.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such run or checkpoint folder")
+    for candidate in (path, path / FINAL):
+        if is_checkpoint(candidate):
+            return candidate
+    for pointer in (path / LATEST, *sorted(path.glob(f"*/{LATEST}"))):
+        if pointer.is_file():
+            target = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+            if not is_checkpoint(target):
+                raise FileNotFoundError(f"{pointer} points to {target}, which is not a checkpoint folder")
+            return target
+    found = [w.parent for w in path.rglob(WEIGHTS)
+             if is_checkpoint(w.parent) and not any(p.startswith(".") for p in w.relative_to(path).parts)]
+    if not found:
+        raise FileNotFoundError(f"{path}: no checkpoint (a folder with {CONFIG} and {WEIGHTS}) in this run folder")
+    return max(found, key=lambda folder: (folder / WEIGHTS).stat().st_mtime)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from echat.data.pipeline import Sample, SkipSummary, load_samples
 from echat.data.schema import read_manifest
+from echat.models.checkpoint import FINAL
 from echat.train.recipes import StageRecipe, recipe
-from echat.train.trainer import Trainer, TrainingError, latest_checkpoint
+from echat.train.trainer import Trainer, TrainingError
 
-FINAL = "final"
 RECIPE_PRESET = {"smoke": "smoke", "mini": "mini"}
 
 
@@ -41,11 +41,12 @@ def check_corpus(corpus: str | Path) -> Path:
 
 
 def _model(preset: str, corpus: Path, init: str | Path | None):
+    from echat.models.checkpoint import resolve_checkpoint
     from echat.models.echat import EChat
     from echat.text_tokenizer import load_tokenizer
 
     if init:
-        model = EChat.from_checkpoint(latest_checkpoint(init))
+        model = EChat.from_checkpoint(resolve_checkpoint(init))
         if model.config.name != preset:
             raise TrainingError(f"{init} holds a {model.config.name} model, not {preset}")
     else:

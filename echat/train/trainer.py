@@ -30,11 +30,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from echat.data.pipeline import DataPipeline, Sample
+from echat.models.checkpoint import LATEST
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import MODULES
 
 CHECKPOINTS = "ckpt"
-LATEST = "latest"
 
 
 class TrainingError(RuntimeError):

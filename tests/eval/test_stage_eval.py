@@ -250,7 +250,7 @@ def test_generation_is_skipped_without_a_speech_tokenizer(model, corpus, tmp_pat
 
 
 def test_resolve_checkpoint_order(tmp_path):
-    from echat.eval.stage_eval import resolve_checkpoint
+    from echat.models.checkpoint import resolve_checkpoint
 
     def checkpoint(folder, mtime):
         folder.mkdir(parents=True)
