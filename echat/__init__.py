@@ -1,6 +1,7 @@
 """echat: a research workbench for OSUM-EChat, the empathetic end-to-end spoken chatbot.
 
-Public API: the presets (:func:`preset`, :data:`PRESETS`), :class:`EChatConfig`,
+Public API: :class:`EChat` (``echat.EChat.from_preset("mini")``, ``.from_checkpoint(path)``,
+``.from_reference_checkpoint(pt)``), the presets (:func:`preset`, :data:`PRESETS`), :class:`EChatConfig`,
 :class:`GenerationOptions`, and the submodules (``echat.audio``, ``echat.prompts``, ...), which are
 imported on first use so that ``import echat`` stays light (no torch until something needs it).
 """
@@ -9,7 +10,7 @@ import importlib
 
 from echat.config import PRESETS, EChatConfig, GenerationOptions, preset
 
-__all__ = ["PRESETS", "EChatConfig", "GenerationOptions", "preset"]
+__all__ = ["PRESETS", "EChat", "EChatConfig", "GenerationOptions", "preset"]
 __version__ = "0.1.0"
 
 _SUBMODULES = {
@@ -19,6 +20,8 @@ _SUBMODULES = {
 
 
 def __getattr__(name: str):
+    if name == "EChat":
+        return importlib.import_module("echat.models.echat").EChat
     if name in _SUBMODULES:
         return importlib.import_module(f"echat.{name}")
     raise AttributeError(f"module 'echat' has no attribute {name!r}")
