@@ -41,3 +41,20 @@ def smoke_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus") / "smoke"
     build_corpus(out, size="smoke", seed=7)
     return out
+
+
+@pytest.fixture(scope="session")
+def waves():
+    """The real-speech fixture clips (eSpeak NG, 16 kHz), each (N,)."""
+    from echat.audio import load_audio
+
+    return [load_audio(path) for path in sorted((FIXTURES / "wav").glob("*.wav"))]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(waves):
+    """A mini speech tokenizer with the smoke preset's 64 codes, fitted on the fixture clips."""
+    from echat.config import preset
+    from echat.data.speech_tokens import MiniSpeechTokenizer
+
+    return MiniSpeechTokenizer().fit(waves, codebook_size=preset("smoke").speech.codebook_size, seed=0)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from echat.audio import load_audio, log_mel
+from echat.audio import log_mel
 from echat.config import smoke
 from echat.data.speech_tokens import (
     CODEBOOK_FILE,
@@ -19,22 +19,10 @@ from echat.data.speech_tokens import (
     num_tokens,
     patches_to_mel,
 )
-from tests.conftest import FIXTURES
 
 RATE_HZ = 16_000
 CODEBOOK = smoke().speech.codebook_size  # 64 codes: fits on the ~11 s of fixture speech
 SAMPLES_PER_TOKEN = 640  # 40 ms at 16 kHz
-
-
-@pytest.fixture(scope="module")
-def waves() -> list[np.ndarray]:
-    """The real-speech fixture clips (eSpeak NG, 16 kHz), each (N,)."""
-    return [load_audio(path) for path in sorted((FIXTURES / "wav").glob("*.wav"))]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(waves) -> MiniSpeechTokenizer:
-    return MiniSpeechTokenizer().fit(waves, codebook_size=CODEBOOK, seed=0)
 
 
 def test_rate_is_25_hz():

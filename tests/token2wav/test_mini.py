@@ -5,28 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from echat.audio import HOP_SAMPLES, load_audio, log_mel
+from echat.audio import HOP_SAMPLES, log_mel
 from echat.config import smoke
 from echat.data.speech_tokens import MiniSpeechTokenizer
 from echat.token2wav import MiniToken2Wav, Token2Wav
 from echat.token2wav.mini import PEAK_LEVEL
-from tests.conftest import FIXTURES
 
 RATE_HZ = 16_000
 CODEBOOK = smoke().speech.codebook_size  # 64 codes: fits on the ~11 s of fixture speech
 SAMPLES_PER_TOKEN = 640  # 40 ms at 16 kHz
 MAX_ERROR_RATIO = 0.7  # round-trip log-mel error must be >= 30 % below the shuffled-token control
-
-
-@pytest.fixture(scope="module")
-def waves() -> list[np.ndarray]:
-    """The real-speech fixture clips (eSpeak NG, 16 kHz), each (N,)."""
-    return [load_audio(path) for path in sorted((FIXTURES / "wav").glob("*.wav"))]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(waves) -> MiniSpeechTokenizer:
-    return MiniSpeechTokenizer().fit(waves, codebook_size=CODEBOOK, seed=0)
 
 
 @pytest.fixture(scope="module")
