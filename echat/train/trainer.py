@@ -97,8 +97,8 @@ class Trainer:
         self.model, self.recipe, self.out = model, recipe, Path(out)
         self.config = model.config
         self.pool = RecordPool.from_records([s.record for s in samples])
-        self.audio = {s.record.key: s for s in samples}
-        self.dev = dev or []
+        self.audio = {s.record.key: s for s in [*samples, *(dev or [])]}
+        self.dev_pool = RecordPool.from_records([s.record for s in dev or []])
         self.eval_every, self.save_every, self.keep = eval_every, save_every, keep
         self.progress = progress
         cuda = torch.cuda.is_available()
@@ -196,7 +196,7 @@ class Trainer:
 
     def _after_step(self) -> None:
         step = self.state.step
-        if self.dev and self.eval_every and step % self.eval_every == 0:
+        if self.dev_pool.by_family and self.eval_every and step % self.eval_every == 0:
             self.evaluate()
         if self.save_every and step % self.save_every == 0 and step < self.recipe.max_steps:
             self.save()
@@ -213,11 +213,8 @@ class Trainer:
         """Dev loss per task family of this stage, and a few greedy decodes (printed and logged)."""
         from echat.config import GenerationOptions
         from echat.models.generate import generate
-        from echat.train.recipes import family
-
-        families = {f for p in self.recipe.phases for f, _ in p.mix}
-        dev = [s for s in self.dev if family(s.record) in families or
-               ("text_lm" in families and family(s.record) == "t2t")]
+        families = sorted({f for p in self.recipe.phases for f, _ in p.mix})
+        dev = self._samples([r for f in families for r in self.dev_pool.by_family.get(f, [])])
         model = self.acc.unwrap_model(self.model).eval()
         pipe = DataPipeline(self.config, model.tokenizer, think=self.recipe.think, train=False,
                             text_lm=self.recipe.name == "text")

@@ -118,3 +118,15 @@ def test_missing_data_and_empty_manifests_are_clear_errors(smoke_corpus, tmp_pat
     (tmp_path / "empty" / "train.jsonl").write_text("")
     with pytest.raises(TrainingError, match="no usable samples"):
         load_split(tmp_path / "empty", "train", _model("smoke", smoke_corpus, None).config)
+
+
+@pytest.mark.parametrize("stage_name", ["text", "understanding"])
+def test_dev_evaluation_reports_the_stage_tasks_and_decodes(smoke_corpus, tmp_path, stage_name):
+    model = _model("smoke", smoke_corpus, None)
+    trainer = Trainer(model, stage("smoke", stage_name, max_steps=2), load_split(smoke_corpus, "train", model.config),
+                      tmp_path, dev=load_split(smoke_corpus, "dev", model.config), eval_every=2, progress=False)
+    trainer.fit()
+    dev = [h for h in trainer.state.history if "dev_loss" in h]
+    assert len(dev) == 1 and dev[0]["dev_loss"] and dev[0]["decodes"]
+    expected = {"text": {"text2text"}, "understanding": {"text"}}[stage_name]
+    assert set(dev[0]["dev_loss"]) == expected
