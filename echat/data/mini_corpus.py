@@ -18,6 +18,7 @@ Design choices:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -169,9 +170,7 @@ def plan_dialogues(clips: list[Clip], size: CorpusSize, seed: int) -> list[tuple
 
 
 def _same_speaker(clip: Clip, as_in: Clip) -> Clip:
-    from dataclasses import replace
-
-    return replace(clip, recipe=replace(clip.recipe, speaker=as_in.recipe.speaker))
+    return dataclasses.replace(clip, recipe=dataclasses.replace(clip.recipe, speaker=as_in.recipe.speaker))
 
 
 # ----------------------------------------------------------------------------------------------
