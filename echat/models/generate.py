@@ -33,7 +33,7 @@ from echat.config import GenerationOptions
 from echat.data.pipeline import SampleEncoder
 from echat.models.speech import apply_speech_blocking
 from echat.prompts import Turn, build_layout, default_options, instruction_prompts, parse_reply
-from echat.tokens import S2TCHAT, TEXT2TEXT, TEXT2TOKEN, THINK, OutputType, output_type
+from echat.tokens import S2TCHAT, TEXT2TEXT, TEXT2TOKEN, THINK, OutputType, SpecialIds, output_type
 
 
 @dataclass
@@ -191,7 +191,7 @@ def stream(model, audio=None, text: str | None = None, task: str | None = None, 
     task = task or default_task(audio, text, think)
     kind, ids, codes, feats = build_prompt(model, audio, text, task, think, history)
     options = options or default_options(kind)
-    special = SampleEncoder(model.config, model.tokenizer).ids
+    special = SpecialIds.build(model.config, model.tokenizer)
     padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True) if feats else None
     lengths = torch.tensor([f.shape[0] for f in feats]) if feats else None
     device = model.device

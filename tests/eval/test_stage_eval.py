@@ -130,12 +130,9 @@ def test_classifier_is_multinomial_naive_bayes():
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from echat.data.mini_corpus import build_corpus
-
-    folder = tmp_path_factory.mktemp("stage_eval") / "smoke"
-    build_corpus(folder, size="smoke", seed=3)
-    return folder
+def corpus(smoke_corpus):
+    """The session's smoke corpus (tests/conftest.py), built once for every test module."""
+    return smoke_corpus
 
 
 @pytest.fixture(scope="module")
