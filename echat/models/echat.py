@@ -15,7 +15,7 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from echat.config import EChatConfig, LLMConfig
-from echat.models.adapter import Adapter
+from echat.models.adapter import Adapter, AdapterOutput
 from echat.models.encoder import SpeechEncoder
 from echat.models.speech import speech_embedding, speech_head
 from echat.tokens import IGNORE_INDEX, Stream
@@ -51,6 +51,8 @@ class EChatOutput:
     n_speech: int
     text_correct: int
     speech_correct: int
+    audio: AdapterOutput | None = None  # the clips' adapter frames, for auxiliary training losses
+    aux: dict[str, Tensor] = field(default_factory=dict)  # auxiliary losses added by a training wrapper
 
 
 class EChat(nn.Module):
@@ -107,18 +109,20 @@ class EChat(nn.Module):
         return self.speech_head.weight.dtype
 
     # -- embedding -------------------------------------------------------------------------------
-    def encode_audio(self, feats: Tensor, lengths: Tensor) -> Tensor:
-        """Log-mel clips (N, T, n_mels) with lengths (N,) -> the valid adapter frames of all clips,
-        concatenated in order: (sum of valid frames, hidden)."""
+    def encode_clips(self, feats: Tensor, lengths: Tensor) -> AdapterOutput:
+        """Log-mel clips (N, T, n_mels) with lengths (N,) -> adapter frames (N, T'', hidden), padded,
+        with their valid lengths (N,)."""
         enc = self.encoder(feats.to(self.dtype), lengths)
-        out = self.adapter(enc.hidden, enc.lengths)
-        valid = torch.arange(out.embeddings.shape[1], device=feats.device)[None] < out.lengths[:, None]
-        return out.embeddings[valid]
+        return self.adapter(enc.hidden, enc.lengths)
+
+    def encode_audio(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """The valid adapter frames of all clips, concatenated in order: (sum of valid frames, hidden)."""
+        return _valid_frames(self.encode_clips(feats, lengths))
 
     def embed(self, ids: Tensor, stream: Tensor, feats: Tensor | None = None,
-              feat_lengths: Tensor | None = None) -> Tensor:
+              feat_lengths: Tensor | None = None, clips: AdapterOutput | None = None) -> Tensor:
         """Input embeddings (B, L, H) for ids/stream (B, L); AUDIO positions take the clips' frames
-        in row-major order (row 0's clips first)."""
+        in row-major order (row 0's clips first). ``clips`` passes already encoded clips."""
         is_text = stream == Stream.TEXT
         text = self.llm.get_input_embeddings()(torch.where(is_text, ids, 0))
         speech = self.speech_embedding(torch.where(stream == Stream.SPEECH, ids, 0))
@@ -127,7 +131,7 @@ class EChat(nn.Module):
         n_audio = int(is_audio.sum())
         if n_audio == 0:
             return embeds
-        frames = self.encode_audio(feats, feat_lengths)
+        frames = _valid_frames(clips if clips is not None else self.encode_clips(feats, feat_lengths))
         if frames.shape[0] != n_audio:
             raise ValueError(f"{n_audio} audio positions in the sequence but the clips give {frames.shape[0]} "
                              "adapter frames: the layout and the adapter's frame rate disagree")
@@ -136,13 +140,16 @@ class EChat(nn.Module):
     # -- training forward ------------------------------------------------------------------------
     def forward(self, batch) -> EChatOutput:
         """Loss of a :class:`~echat.data.pipeline.Batch` (ids/stream/labels/attention_mask: (B, L))."""
-        embeds = self.embed(batch.ids, batch.stream, batch.feats, batch.feat_lengths)
+        clips = self.encode_clips(batch.feats, batch.feat_lengths) if batch.feats.shape[0] else None
+        embeds = self.embed(batch.ids, batch.stream, clips=clips)
         hidden = self.causal_lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                       use_cache=False).last_hidden_state  # (B, L, H)
         targets = batch.labels[:, 1:]  # the token at t+1 is predicted from position t
         has_target = targets != IGNORE_INDEX
         h = hidden[:, :-1][has_target]  # (N, H): only positions with a target
-        return self._loss(h, targets[has_target], speech_out=batch.kind.speech_out)
+        out = self._loss(h, targets[has_target], speech_out=batch.kind.speech_out)
+        out.audio = clips
+        return out
 
     def _loss(self, h: Tensor, targets: Tensor, speech_out: bool) -> EChatOutput:
         """Cross-entropy over text (+ speech) classes. h: (N, H), targets: (N,) in the combined space."""
@@ -176,3 +183,9 @@ class EChat(nn.Module):
         from echat.models.generate import stream
 
         return stream(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)
+
+
+def _valid_frames(clips: AdapterOutput) -> Tensor:
+    """(N, T'', H) padded frames -> (sum of valid frames, H), clip after clip."""
+    valid = torch.arange(clips.embeddings.shape[1], device=clips.embeddings.device)[None] < clips.lengths[:, None]
+    return clips.embeddings[valid]

@@ -52,6 +52,7 @@ class StageRecipe:
     scheduler: str = "constant"
     think: str = "none"
     lora: bool = False
+    bridge: float = 0.0  # weight of the adapter's auxiliary CTC + cue losses (echat.train.bridge); 0 = off
     epoch_size: int = 512  # records drawn per epoch (then batched)
 
     @property
@@ -68,7 +69,8 @@ class StageRecipe:
     def describe(self) -> str:
         lines = [f"stage {self.name}: {self.max_steps} steps, lr {self.lr:g} ({self.scheduler}, warm-up "
                  f"{self.warmup_steps}), think {self.think}, trainable x lr: "
-                 + ", ".join(f"{m} {s:g}" for m, s in self.module_lr)]
+                 + ", ".join(f"{m} {s:g}" for m, s in self.module_lr)
+                 + (f"; bridge losses x {self.bridge:g}" if self.bridge else "")]
         for i, phase in enumerate(self.phases):
             total = sum(w for _, w in phase.mix)
             lines.append(f"  phase {i + 1} ({phase.steps} steps): "
@@ -94,7 +96,7 @@ def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
     return (
         StageRecipe("text", (Phase((("text_lm", 1.0),), steps(300)),), _lr(llm=1.0), lr=2e-3),
         StageRecipe("understanding", (Phase((("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0)), steps(900)),),
-                    _lr(encoder=1.0, adapter=1.0, llm=0.3), lr=1e-3),
+                    _lr(encoder=1.0, adapter=1.0, llm=0.3), lr=1e-3, bridge=1.0),
         StageRecipe("generation", (Phase((("tts", 1.0),), steps(300)),
                                    Phase((("s2s", 2.0), ("s2t", 1.0), ("tts", 1.0), ("t2t", 0.5),
                                           ("s2s_history", 0.3)), steps(300))),

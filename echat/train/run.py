@@ -73,7 +73,9 @@ def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset:
     if resume:
         trainer.resume()
     trainer.fit()
-    trainer.acc.unwrap_model(trainer.model).save(out / FINAL)
+    trainer.acc.wait_for_everyone()
+    if trainer.acc.is_main_process:
+        trainer.bare_model().save(out / FINAL)
     return out / FINAL
 
 

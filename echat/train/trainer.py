@@ -26,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch import nn
 from tqdm.auto import tqdm
 
 from echat.data.pipeline import DataPipeline, Sample
 from echat.models.checkpoint import LATEST
+from echat.train.bridge import BridgedModel, bridge_targets
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import MODULES
 
@@ -58,8 +61,9 @@ def lr_lambda(recipe: StageRecipe):
     return factor
 
 
-def build_optimizer(model, recipe: StageRecipe, config) -> torch.optim.Optimizer:
-    """AdamW over the modules the recipe trains, each at ``lr x scale``; other parameters are frozen."""
+def build_optimizer(model, recipe: StageRecipe, config, extra: nn.Module | None = None) -> torch.optim.Optimizer:
+    """AdamW over the modules the recipe trains, each at ``lr x scale``; other parameters are frozen.
+    ``extra`` (the bridge heads) trains at the base lr."""
     scales = dict(recipe.module_lr)
     groups = []
     for name in MODULES:
@@ -71,6 +75,8 @@ def build_optimizer(model, recipe: StageRecipe, config) -> torch.optim.Optimizer
             p.requires_grad = True
         if params:
             groups.append({"params": params, "lr": recipe.lr * scales[name], "name": name})
+    if extra is not None:
+        groups.append({"params": list(extra.parameters()), "lr": recipe.lr, "name": "bridge"})
     if not groups:
         raise TrainingError(f"stage {recipe.name} trains nothing")
     train = config.train
@@ -102,13 +108,21 @@ class Trainer:
         self.eval_every, self.save_every, self.keep = eval_every, save_every, keep
         self.progress = progress
         cuda = torch.cuda.is_available()
+        # find_unused_parameters: under DDP a batch may leave a trained module unused (no speech_head for
+        # text replies, no encoder/adapter for text-only input), which plain DDP rejects on the next step
         self.acc = accelerator or Accelerator(gradient_accumulation_steps=self.config.train.accum_steps,
-                                              mixed_precision="bf16" if cuda else "no", cpu=not cuda)
-        self.optimizer = build_optimizer(model, recipe, self.config)
+                                              mixed_precision="bf16" if cuda else "no", cpu=not cuda,
+                                              kwargs_handlers=[DistributedDataParallelKwargs(
+                                                  find_unused_parameters=True)])
+        self.tokenizer = model.tokenizer
+        if recipe.bridge:
+            model = self.model = BridgedModel(model, recipe.bridge)
+        self.optimizer = build_optimizer(self.bare_model(model), recipe, self.config,
+                                         model.heads if recipe.bridge else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, self.optimizer, self.scheduler)
         self.state = TrainState()
-        self.pipeline = DataPipeline(self.config, model.tokenizer, think=recipe.think, train=True,
+        self.pipeline = DataPipeline(self.config, self.tokenizer, think=recipe.think, train=True,
                                      text_lm=recipe.name == "text")
 
     # -- data ------------------------------------------------------------------------------------
@@ -148,6 +162,8 @@ class Trainer:
     def fit(self, until: int | None = None) -> TrainState:
         """Train to the recipe's length, or to step ``until`` (then save a resumable checkpoint)."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.state.step == 0:  # a fresh run does not depend on RNG drawn before it (resume restores it)
+            set_seed(self.config.train.seed, device_specific=True)
         if self.acc.is_main_process:
             print(self.recipe.describe())
         bar = tqdm(total=self.recipe.max_steps, initial=self.state.step, desc=self.recipe.name,
@@ -176,7 +192,7 @@ class Trainer:
         model = self.model
         model.train()
         with self.acc.accumulate(model):
-            out = model(batch.to(self.acc.device))
+            out = model(batch.to(self.acc.device), *self._aux_targets(batch))
             if not torch.isfinite(out.loss):
                 raise TrainingError(f"non-finite loss {float(out.loss)} at step {self.state.step}, "
                                     f"batch {batch.kind.value}: {', '.join(batch.keys[:5])}")
@@ -190,9 +206,22 @@ class Trainer:
             return None
         self.state.step += 1
         record = {"step": self.state.step, "loss": out.loss.item(), "task": batch.kind.value,
-                  "lr": self.scheduler.get_last_lr()[0], "rows": len(batch.keys)}
+                  "lr": self.scheduler.get_last_lr()[0], "rows": len(batch.keys),
+                  **{f"aux_{k}": round(v.item(), 4) for k, v in out.aux.items()}}
         self._log(record)
         return record
+
+    def _aux_targets(self, batch) -> tuple:
+        """The bridge targets of ``batch`` as extra forward arguments (none without a bridge)."""
+        if not self.recipe.bridge:
+            return ()
+        targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer)
+        return (targets.to(self.acc.device) if targets is not None else None,)
+
+    def bare_model(self, model=None) -> nn.Module:
+        """The EChat model below accelerate's and the bridge's wrappers."""
+        model = self.acc.unwrap_model(model if model is not None else self.model)
+        return model.echat if isinstance(model, BridgedModel) else model
 
     def _after_step(self) -> None:
         step = self.state.step
@@ -215,7 +244,7 @@ class Trainer:
         from echat.models.generate import generate
         families = sorted({f for p in self.recipe.phases for f, _ in p.mix})
         dev = self._samples([r for f in families for r in self.dev_pool.by_family.get(f, [])])
-        model = self.acc.unwrap_model(self.model).eval()
+        model = self.bare_model().eval()
         pipe = DataPipeline(self.config, model.tokenizer, think=self.recipe.think, train=False,
                             text_lm=self.recipe.name == "text")
         losses: dict[str, list[float]] = {}
@@ -249,7 +278,7 @@ class Trainer:
         tmp = final.with_name(f".{final.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            save_checkpoint(self.acc.unwrap_model(self.model), tmp)
+            save_checkpoint(self.bare_model(), tmp)
             torch.save(self._trainer_state(), tmp / "trainer_state.pt")
         except OSError as err:  # e.g. a full disk: the previous checkpoint stays as it was
             shutil.rmtree(tmp, ignore_errors=True)
@@ -268,7 +297,8 @@ class Trainer:
                 "step": self.state.step, "epoch": self.state.epoch, "phase": self.state.phase,
                 "batch_in_epoch": self.state.batch_in_epoch, "recipe": self.recipe.name,
                 "preset": self.config.name, "python_rng": random.getstate(), "numpy_rng": _numpy_rng(),
-                "torch_rng": torch.get_rng_state(), "history": self.state.history}
+                "torch_rng": torch.get_rng_state(), "history": self.state.history,
+                **({"bridge": self.acc.unwrap_model(self.model).heads.state_dict()} if self.recipe.bridge else {})}
 
     def resume(self, checkpoint: str | Path | None = None) -> None:
         """Continue from ``checkpoint`` (default: this run's ``latest``): weights, optimizer, scheduler,
@@ -280,7 +310,9 @@ class Trainer:
         if state["preset"] != self.config.name or state["recipe"] != self.recipe.name:
             raise TrainingError(f"{path} was written by stage {state['recipe']} of preset {state['preset']}, "
                                 f"not stage {self.recipe.name} of {self.config.name}")
-        load_model(self.acc.unwrap_model(self.model), str(path / "model.safetensors"))
+        load_model(self.bare_model(), str(path / "model.safetensors"))
+        if self.recipe.bridge:
+            self.acc.unwrap_model(self.model).heads.load_state_dict(state["bridge"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(state["step"], state["epoch"], state["phase"], state["batch_in_epoch"],

@@ -59,7 +59,7 @@ def test_checkpoints_are_kept_last_k_and_latest_points_at_the_newest(smoke_corpu
 def test_a_non_finite_loss_stops_with_the_step_and_batch_keys(smoke_corpus, tmp_path):
     trainer = _trainer(smoke_corpus, tmp_path)
     with torch.no_grad():
-        trainer.model.adapter.proj.weight.fill_(float("nan"))
+        trainer.bare_model().adapter.proj.weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match=r"non-finite loss nan at step 0, batch text: \S+_"):
         trainer.fit()
 

@@ -1,0 +1,91 @@
+"""The bridge losses: targets from records, a CTC that rewards frames shaped like the spoken tokens,
+cue heads that learn, and a model checkpoint untouched by the heads."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from echat.data.pipeline import DataPipeline
+from echat.tokens import IGNORE_INDEX, LABEL_SETS
+from echat.train.bridge import BridgedModel, BridgeHeads, BridgeTargets, bridge_targets
+from echat.train.recipes import family
+from echat.train.run import _model, load_split
+
+
+@pytest.fixture(scope="module")
+def asr_samples(smoke_corpus):
+    model = _model("smoke", smoke_corpus, None)
+    samples = load_split(smoke_corpus, "train", model.config)
+    return model, [s for s in samples if family(s.record) in ("asr", "asrp", "only_p")][:6]
+
+
+def test_targets_hold_the_transcript_tokens_and_one_class_per_cue(asr_samples):
+    model, samples = asr_samples
+    records = [s.record for s in samples]
+    targets = bridge_targets(records, model.tokenizer)
+    first = model.tokenizer(records[0].extra["q_txt"], add_special_tokens=False)["input_ids"]
+    assert targets.tokens[: len(first)].tolist() == first
+    assert int(targets.token_lengths.sum()) == targets.tokens.numel()
+    assert LABEL_SETS["gender"][int(targets.cues["gender"][0])] == records[0].extra["gender"]
+    assert all(int(v.min()) >= 0 for v in targets.cues.values())
+
+
+def test_no_targets_for_rows_without_a_spoken_transcript(asr_samples):
+    model, samples = asr_samples
+    text_only = dataclasses.replace(samples[0].record, wav=None)
+    assert bridge_targets([samples[0].record, text_only], model.tokenizer) is None
+    unknown = dataclasses.replace(samples[0].record, extra={**samples[0].record.extra, "caption": "<BIRDSONG>"})
+    assert int(bridge_targets([unknown], model.tokenizer).cues["event"][0]) == IGNORE_INDEX
+
+
+def test_ctc_prefers_frames_that_look_like_the_spoken_tokens():
+    torch.manual_seed(0)
+    table = torch.randn(20, 16)  # (V, H) a text embedding table
+    heads = BridgeHeads(16)
+    heads.blank.data = -table.mean(0)
+    with torch.no_grad():
+        heads.log_scale.fill_(2.0)
+    spoken = torch.tensor([3, 7, 7, 12])
+    aligned = table[torch.tensor([3, 3, 7, 0, 7, 12, 12])]  # (T, H): repeats and a separator frame
+    aligned[3] = heads.blank.data
+    targets = BridgeTargets(spoken, torch.tensor([4]), {})
+    lengths = torch.tensor([7])
+    good = heads.ctc_loss(aligned[None], lengths, table, targets)
+    shuffled = heads.ctc_loss(aligned[torch.randperm(7)][None], lengths, table, targets)
+    assert float(good) < float(shuffled)
+
+
+def test_cue_heads_learn_a_separable_cue():
+    torch.manual_seed(0)
+    heads = BridgeHeads(8)
+    labels = torch.tensor([0, 1] * 8)
+    frames = torch.randn(16, 5, 8) + 2.0 * labels[:, None, None]  # (N, T, H): the cue shifts every frame
+    targets = BridgeTargets(torch.zeros(0, dtype=torch.long), torch.zeros(16, dtype=torch.long),
+                            {"gender": labels})
+    optimizer = torch.optim.Adam(heads.parameters(), lr=0.05)
+    first = None
+    for _ in range(50):
+        loss = heads.cue_losses(frames, torch.full((16,), 5), targets)["gender"]
+        first = first if first is not None else float(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.2 * first
+
+
+def test_bridged_forward_adds_the_auxiliary_losses_and_keeps_the_model_keys(asr_samples):
+    model, samples = asr_samples
+    model.eval()
+    keys = set(model.state_dict())
+    bridged = BridgedModel(model, weight=0.5)
+    pipeline = DataPipeline(model.config, model.tokenizer, train=False)
+    batch = next(iter(pipeline.batches(samples)))
+    targets = bridge_targets([next(s.record for s in samples if s.record.key == k) for k in batch.keys],
+                             model.tokenizer)
+    plain = model(batch)
+    out = bridged(batch, targets)
+    assert set(out.aux) == {"ctc", "gender", "age", "emotion", "event"}
+    expected = plain.loss + 0.5 * sum(out.aux.values())
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert set(bridged.echat.state_dict()) == keys
