@@ -138,9 +138,11 @@ class EChat(nn.Module):
         return embeds.masked_scatter(is_audio.unsqueeze(-1), frames.to(embeds.dtype))
 
     # -- training forward ------------------------------------------------------------------------
-    def forward(self, batch) -> EChatOutput:
-        """Loss of a :class:`~echat.data.pipeline.Batch` (ids/stream/labels/attention_mask: (B, L))."""
-        clips = self.encode_clips(batch.feats, batch.feat_lengths) if batch.feats.shape[0] else None
+    def forward(self, batch, clips: AdapterOutput | None = None) -> EChatOutput:
+        """Loss of a :class:`~echat.data.pipeline.Batch` (ids/stream/labels/attention_mask: (B, L));
+        ``clips`` passes the batch's clips already encoded."""
+        if clips is None and batch.feats.shape[0]:
+            clips = self.encode_clips(batch.feats, batch.feat_lengths)
         embeds = self.embed(batch.ids, batch.stream, clips=clips)
         hidden = self.causal_lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                       use_cache=False).last_hidden_state  # (B, L, H)

@@ -1,15 +1,18 @@
-"""Auxiliary losses that teach the adapter to speak the LLM's language (mini world, training only).
+"""Auxiliary losses that give the speech side a direct signal (mini world, training only).
 
 Why: the real system bridges a pre-trained Whisper encoder and a 3 B instruction-tuned LLM; the mini
-world starts both from a few minutes of training, and the LLM path alone learns to ignore the audio
-(it recites fluent corpus sentences; see ``../shared/reference/mini_world_feasibility.md``). Two
-direct signals on the adapter output close that gap:
+world starts the encoder from scratch, and through the LLM path alone it learns nothing useful (the
+adapter output collapses to one constant vector and the LLM recites corpus sentences; see
+``../shared/reference/mini_world_feasibility.md``). Three direct signals stand in for Whisper's
+pre-training and guide the bridge:
 
-- **token CTC through the LLM's own embedding table**: each adapter frame is scored against every
-  text-token embedding (plus one learned blank vector), and CTC aligns those scores with the
-  transcript's tokens. The frames learn to *look like* the words spoken, in the space the LLM reads;
-- **pooled cue classifiers**: the mean of a clip's frames predicts its gender, age, emotion and
-  sound event through small linear heads, so the cues are present (linearly) in what the LLM sees.
+- **character CTC on the encoder** (50 Hz): a linear head over lowercase letters, space and
+  apostrophe — the signal that trains a small encoder fastest;
+- **pooled cue classifiers on the encoder**: the mean frame of a clip predicts its gender, age,
+  emotion and sound event through linear heads, so the cues are (linearly) present in the frames;
+- **token CTC through the LLM's own embedding table** (adapter output, 12.5 Hz): each adapter frame is
+  scored against every text-token embedding plus one learned blank vector, so the frames learn to
+  look like the words spoken, in the space the LLM reads.
 
 The heads live in :class:`BridgeHeads`, outside :class:`~echat.models.echat.EChat`: checkpoints and the
 reference key layout stay exactly those of the model; the trainer keeps the heads' weights in its own
@@ -25,10 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.data.schema import Record
+from echat.models.echat import EChatOutput
 from echat.tokens import IGNORE_INDEX, LABEL_SETS, canonical_label
 
 # Cue field -> the key of ``Record.extra`` that holds its label.
 CUE_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}
+# Characters of the encoder's CTC head (the CTC blank is one more class, after these).
+CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
@@ -39,10 +45,14 @@ class BridgeTargets:
     tokens: Tensor
     token_lengths: Tensor
     cues: dict[str, Tensor]
+    chars: Tensor | None = None  # transcript characters (indices into CHARS), concatenated
+    char_lengths: Tensor | None = None  # (N,)
 
     def to(self, device) -> BridgeTargets:
-        return BridgeTargets(self.tokens.to(device), self.token_lengths.to(device),
-                             {k: v.to(device) for k, v in self.cues.items()})
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        return BridgeTargets(move(self.tokens), move(self.token_lengths),
+                             {k: v.to(device) for k, v in self.cues.items()}, move(self.chars),
+                             move(self.char_lengths))
 
 
 def bridge_targets(records: list[Record], tokenizer) -> BridgeTargets | None:
@@ -52,8 +62,13 @@ def bridge_targets(records: list[Record], tokenizer) -> BridgeTargets | None:
     ids = [tokenizer(r.extra["q_txt"], add_special_tokens=False)["input_ids"] for r in records]
     cues = {name: torch.tensor([_class_index(name, r.extra.get(key)) for r in records])
             for name, key in CUE_FIELDS.items()}
-    return BridgeTargets(torch.tensor([i for row in ids for i in row], dtype=torch.long),
-                         torch.tensor([len(row) for row in ids], dtype=torch.long), cues)
+    chars = [[CHARS.index(c) for c in r.extra["q_txt"].lower() if c in CHARS] for r in records]
+    return BridgeTargets(_flat(ids), torch.tensor([len(row) for row in ids]), cues,
+                         _flat(chars), torch.tensor([len(row) for row in chars]))
+
+
+def _flat(rows: list[list[int]]) -> Tensor:
+    return torch.tensor([i for row in rows for i in row], dtype=torch.long)
 
 
 def _class_index(name: str, value) -> int:
@@ -63,16 +78,23 @@ def _class_index(name: str, value) -> int:
 
 
 class BridgeHeads(nn.Module):
-    """The CTC blank vector, a learned CTC temperature and one linear cue classifier per field."""
+    """The encoder's character CTC and cue heads, and the adapter's CTC blank vector and temperature."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, encoder_dim: int, hidden: int):
         super().__init__()
+        self.chars = nn.Linear(encoder_dim, len(CHARS) + 1)
+        self.cues = nn.ModuleDict({name: nn.Linear(encoder_dim, len(LABEL_SETS[name])) for name in CUE_FIELDS})
         self.blank = nn.Parameter(torch.zeros(hidden))
         self.log_scale = nn.Parameter(torch.zeros(()))
-        self.cues = nn.ModuleDict({name: nn.Linear(hidden, len(LABEL_SETS[name])) for name in CUE_FIELDS})
+
+    def char_ctc_loss(self, frames: Tensor, lengths: Tensor, targets: BridgeTargets) -> Tensor:
+        """Encoder frames (N, T, D) with lengths (N,) -> mean CTC loss per target character."""
+        log_probs = self.chars(frames).float().log_softmax(-1).transpose(0, 1)  # (T, N, C + 1)
+        return F.ctc_loss(log_probs, targets.chars, lengths, targets.char_lengths, blank=len(CHARS),
+                          zero_infinity=True)
 
     def ctc_loss(self, frames: Tensor, lengths: Tensor, token_table: Tensor, targets: BridgeTargets) -> Tensor:
-        """frames (N, T, H) with lengths (N,), token_table (V, H) -> mean CTC loss per target token."""
+        """Adapter frames (N, T, H) with lengths (N,), token_table (V, H) -> mean CTC loss per target token."""
         table = torch.cat([token_table, self.blank[None]], dim=0)  # (V + 1, H); blank is class V
         logits = frames @ table.T * self.log_scale.exp() / frames.shape[-1] ** 0.5  # (N, T, V + 1)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, V + 1)
@@ -80,9 +102,9 @@ class BridgeHeads(nn.Module):
                           zero_infinity=True)
 
     def cue_losses(self, frames: Tensor, lengths: Tensor, targets: BridgeTargets) -> dict[str, Tensor]:
-        """Cross-entropy of each cue classifier on the clips' mean frame (N, H)."""
+        """Cross-entropy of each cue classifier on the clips' mean encoder frame (N, D)."""
         valid = (torch.arange(frames.shape[1], device=frames.device)[None] < lengths[:, None]).unsqueeze(-1)
-        pooled = (frames * valid).sum(1) / lengths.clamp(min=1)[:, None]  # (N, H)
+        pooled = (frames * valid).sum(1) / lengths.clamp(min=1)[:, None]  # (N, D)
         out = {}
         for name, head in self.cues.items():
             labels = targets.cues.get(name)
@@ -97,21 +119,30 @@ class BridgedModel(nn.Module):
     def __init__(self, echat: nn.Module, weight: float):
         super().__init__()
         self.echat = echat
-        self.heads = BridgeHeads(echat.config.llm.hidden_size)
+        self.heads = BridgeHeads(echat.config.encoder.d_model, echat.config.llm.hidden_size)
         self.weight = weight
 
     @property
     def config(self):
         return self.echat.config
 
-    def forward(self, batch, targets: BridgeTargets | None = None):
-        """The EChat output, its ``loss`` raised by the auxiliary terms; those go to ``out.aux``."""
-        out = self.echat(batch)
-        if targets is None or out.audio is None:
-            return out
-        frames, lengths = out.audio.embeddings, out.audio.lengths
+    def forward(self, batch, targets: BridgeTargets | None = None, bridge_only: bool = False):
+        """The EChat output, its ``loss`` raised by the auxiliary terms; those go to ``out.aux``.
+        ``bridge_only`` skips the LLM: the loss is the auxiliary terms alone."""
+        if targets is None or not batch.feats.shape[0]:
+            if bridge_only:
+                raise ValueError(f"a bridge-only step needs clips with transcripts (batch {batch.keys[:3]})")
+            return self.echat(batch)
+        enc = self.echat.encoder(batch.feats.to(self.echat.dtype), batch.feat_lengths)
+        clips = self.echat.adapter(enc.hidden, enc.lengths)
+        if bridge_only:
+            zero = torch.zeros((), device=batch.feats.device)
+            out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)
+        else:
+            out = self.echat(batch, clips=clips)
         table = self.echat.llm.get_input_embeddings().weight.detach()  # the adapter moves, not the LLM
-        out.aux = {"ctc": self.heads.ctc_loss(frames, lengths, table, targets),
-                   **self.heads.cue_losses(frames, lengths, targets)}
+        out.aux = {"char_ctc": self.heads.char_ctc_loss(enc.hidden, enc.lengths, targets),
+                   "token_ctc": self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets),
+                   **self.heads.cue_losses(enc.hidden, enc.lengths, targets)}
         out.loss = out.loss + self.weight * sum(out.aux.values())
         return out

@@ -9,7 +9,8 @@ import numpy as np
 
 
 def plot_history(history: list[dict], path: str | Path, title: str = "", smooth: int = 20) -> None:
-    """Training loss per task (moving average over ``smooth`` steps) and dev loss, saved as a PNG."""
+    """Training loss per task and auxiliary (bridge) loss, as moving averages over ``smooth`` steps, and dev
+    loss, saved as a PNG."""
     from matplotlib.figure import Figure  # a standalone figure: the caller's plotting backend is untouched
 
     train = defaultdict(list)
@@ -17,6 +18,9 @@ def plot_history(history: list[dict], path: str | Path, title: str = "", smooth:
     for record in history:
         if "loss" in record:
             train[record["task"]].append((record["step"], record["loss"]))
+        for name, value in record.items():
+            if name.startswith("aux_"):  # the bridge losses of echat.train.bridge
+                train[name.replace("_", " ", 1)].append((record["step"], value))
         for task, loss in record.get("dev_loss", {}).items():
             dev[task].append((record["step"], loss))
     fig = Figure(figsize=(8, 4.5))

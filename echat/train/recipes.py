@@ -5,7 +5,11 @@ The understanding-driven recipe of the paper, plus a stage 0 for the mini world:
   whole ChatML text of T2T-shaped records: questions, replies, think blocks), as the real system
   starts from a pre-trained Qwen2.5-Instruct;
 - ``understanding``: ASR + ASR+P + only-P, encoder + adapter trainable (LLM frozen, unless a recipe
-  gives it a learning-rate scale — see ``module_lr``);
+  gives it a learning-rate scale — see ``module_lr``). In the mini world the encoder starts from
+  scratch, so the stage carries the bridge losses of :mod:`echat.train.bridge` (character CTC and cue
+  classifiers on the encoder, token CTC on the adapter) and opens with a bridge-only phase: the
+  miniature of starting from a pre-trained Whisper encoder. The tiny LLM trains at 0.3x: frozen, a
+  7 M-parameter LM never learned to read the adapter in the prototype, unlike the real 3 B one;
 - ``generation``: TTS first (phase 1), then S2S dialogue with T2T mixed in (phase 2);
 - ``empathy``: S2T/S2S with the dual think, everything trainable unless frozen.
 """
@@ -38,6 +42,7 @@ class Phase:
 
     mix: tuple[tuple[str, float], ...]
     steps: int
+    bridge_only: bool = False  # train on the bridge losses alone (no LLM forward): the acoustic warm-up
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class StageRecipe:
                  + (f"; bridge losses x {self.bridge:g}" if self.bridge else "")]
         for i, phase in enumerate(self.phases):
             total = sum(w for _, w in phase.mix)
-            lines.append(f"  phase {i + 1} ({phase.steps} steps): "
+            lines.append(f"  phase {i + 1} ({phase.steps} steps{', bridge losses only' if phase.bridge_only else ''}): "
                          + ", ".join(f"{f} {w / total:.0%}" for f, w in phase.mix))
         return "\n".join(lines)
 
@@ -92,10 +97,14 @@ def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
                  for s in _full_stages(steps, think))
 
 
+UNDERSTANDING_MIX = (("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0))
+
+
 def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
     return (
         StageRecipe("text", (Phase((("text_lm", 1.0),), steps(300)),), _lr(llm=1.0), lr=2e-3),
-        StageRecipe("understanding", (Phase((("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0)), steps(900)),),
+        StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(300), bridge_only=True),
+                                      Phase(UNDERSTANDING_MIX, steps(600))),
                     _lr(encoder=1.0, adapter=1.0, llm=0.3), lr=1e-3, bridge=1.0),
         StageRecipe("generation", (Phase((("tts", 1.0),), steps(300)),
                                    Phase((("s2s", 2.0), ("s2t", 1.0), ("tts", 1.0), ("t2t", 0.5),

@@ -21,6 +21,7 @@ import json
 import math
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,7 +206,8 @@ class Trainer:
         if not self.acc.sync_gradients:
             return None
         self.state.step += 1
-        record = {"step": self.state.step, "loss": out.loss.item(), "task": batch.kind.value,
+        record = {"step": self.state.step, "time_s": round(time.time(), 2), "loss": out.loss.item(),
+                  "task": batch.kind.value,
                   "lr": self.scheduler.get_last_lr()[0], "rows": len(batch.keys),
                   **{f"aux_{k}": round(v.item(), 4) for k, v in out.aux.items()}}
         self._log(record)
@@ -216,7 +218,8 @@ class Trainer:
         if not self.recipe.bridge:
             return ()
         targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer)
-        return (targets.to(self.acc.device) if targets is not None else None,)
+        bridge_only = self.recipe.phases[self.state.phase].bridge_only
+        return targets.to(self.acc.device) if targets is not None else None, bridge_only
 
     def bare_model(self, model=None) -> nn.Module:
         """The EChat model below accelerate's and the bridge's wrappers."""

@@ -8,7 +8,7 @@ import torch
 
 from echat.data.pipeline import DataPipeline
 from echat.tokens import IGNORE_INDEX, LABEL_SETS
-from echat.train.bridge import BridgedModel, BridgeHeads, BridgeTargets, bridge_targets
+from echat.train.bridge import CHARS, BridgedModel, BridgeHeads, BridgeTargets, bridge_targets
 from echat.train.recipes import family
 from echat.train.run import _model, load_split
 
@@ -39,10 +39,18 @@ def test_no_targets_for_rows_without_a_spoken_transcript(asr_samples):
     assert int(bridge_targets([unknown], model.tokenizer).cues["event"][0]) == IGNORE_INDEX
 
 
+def test_character_targets_spell_the_transcript(asr_samples):
+    model, samples = asr_samples
+    record = dataclasses.replace(samples[0].record, extra={**samples[0].record.extra, "q_txt": "it's OK!"})
+    targets = bridge_targets([record], model.tokenizer)
+    assert "".join(CHARS[i] for i in targets.chars.tolist()) == "it's ok"
+    assert targets.char_lengths.tolist() == [7]
+
+
 def test_ctc_prefers_frames_that_look_like_the_spoken_tokens():
     torch.manual_seed(0)
     table = torch.randn(20, 16)  # (V, H) a text embedding table
-    heads = BridgeHeads(16)
+    heads = BridgeHeads(8, 16)
     heads.blank.data = -table.mean(0)
     with torch.no_grad():
         heads.log_scale.fill_(2.0)
@@ -58,7 +66,7 @@ def test_ctc_prefers_frames_that_look_like_the_spoken_tokens():
 
 def test_cue_heads_learn_a_separable_cue():
     torch.manual_seed(0)
-    heads = BridgeHeads(8)
+    heads = BridgeHeads(8, 4)
     labels = torch.tensor([0, 1] * 8)
     frames = torch.randn(16, 5, 8) + 2.0 * labels[:, None, None]  # (N, T, H): the cue shifts every frame
     targets = BridgeTargets(torch.zeros(0, dtype=torch.long), torch.zeros(16, dtype=torch.long),
@@ -85,7 +93,7 @@ def test_bridged_forward_adds_the_auxiliary_losses_and_keeps_the_model_keys(asr_
                              model.tokenizer)
     plain = model(batch)
     out = bridged(batch, targets)
-    assert set(out.aux) == {"ctc", "gender", "age", "emotion", "event"}
+    assert set(out.aux) == {"char_ctc", "token_ctc", "gender", "age", "emotion", "event"}
     expected = plain.loss + 0.5 * sum(out.aux.values())
     assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
     assert set(bridged.echat.state_dict()) == keys
