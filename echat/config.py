@@ -63,6 +63,9 @@ class AdapterConfig:
     conv_strides: tuple[int, ...] = (1, 2, 2)
     dropout: float = 0.1
     attention_dropout: float = 0.0
+    # Scale every output frame to this root-mean-square (no parameters; e.g. 0.05, the mini LLM's text
+    # embedding scale); 0 = off, as in the reference. An ablation knob: see README, "Mini recipe".
+    output_rms: float = 0.0
 
     @property
     def downsample_rate(self) -> int:

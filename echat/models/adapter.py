@@ -139,6 +139,7 @@ class Adapter(nn.Module):
         self.downsample = CausalConvDownsampler(input_dim, cfg.d_model, cfg.conv_strides)
         self.transformer = AdapterTransformer(cfg, cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, output_dim)
+        self.output_rms = cfg.output_rms
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Valid adapter outputs for ``lengths`` encoder frames."""
@@ -161,4 +162,6 @@ class Adapter(nn.Module):
         y, out_lengths = self.downsample(x, lengths)  # (B, T'', D)
         mask = valid_mask(out_lengths, y.size(1))  # (B, T'')
         y = self.proj(self.transformer(y, mask))  # (B, T'', output_dim)
+        if self.output_rms:
+            y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
         return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths)

@@ -116,11 +116,12 @@ class BridgeHeads(nn.Module):
 class BridgedModel(nn.Module):
     """EChat plus its bridge heads; ``forward(batch, targets)`` adds ``weight`` x the auxiliary losses."""
 
-    def __init__(self, echat: nn.Module, weight: float):
+    def __init__(self, echat: nn.Module, weight: float, token_ctc: bool = True):
         super().__init__()
         self.echat = echat
         self.heads = BridgeHeads(echat.config.encoder.d_model, echat.config.llm.hidden_size)
         self.weight = weight
+        self.token_ctc = token_ctc
 
     @property
     def config(self):
@@ -140,9 +141,10 @@ class BridgedModel(nn.Module):
             out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)
         else:
             out = self.echat(batch, clips=clips)
-        table = self.echat.llm.get_input_embeddings().weight.detach()  # the adapter moves, not the LLM
         out.aux = {"char_ctc": self.heads.char_ctc_loss(enc.hidden, enc.lengths, targets),
-                   "token_ctc": self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets),
                    **self.heads.cue_losses(enc.hidden, enc.lengths, targets)}
+        if self.token_ctc:
+            table = self.echat.llm.get_input_embeddings().weight.detach()  # the adapter moves, not the LLM
+            out.aux["token_ctc"] = self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets)
         out.loss = out.loss + self.weight * sum(out.aux.values())
         return out

@@ -57,7 +57,8 @@ class StageRecipe:
     scheduler: str = "constant"
     think: str = "none"
     lora: bool = False
-    bridge: float = 0.0  # weight of the adapter's auxiliary CTC + cue losses (echat.train.bridge); 0 = off
+    bridge: float = 0.0  # weight of the auxiliary CTC + cue losses (echat.train.bridge); 0 = off
+    token_ctc: bool = True  # with the bridge: also the adapter's token CTC through the LLM's embeddings
     epoch_size: int = 512  # records drawn per epoch (then batched)
 
     @property

@@ -117,7 +117,7 @@ class Trainer:
                                                   find_unused_parameters=True)])
         self.tokenizer = model.tokenizer
         if recipe.bridge:
-            model = self.model = BridgedModel(model, recipe.bridge)
+            model = self.model = BridgedModel(model, recipe.bridge, recipe.token_ctc)
         self.optimizer = build_optimizer(self.bare_model(model), recipe, self.config,
                                          model.heads if recipe.bridge else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe))

@@ -107,3 +107,19 @@ def test_gradients_reach_every_parameter():
     out, _ = adapter(torch.randn(2, 30, 24), torch.tensor([30, 9]))
     out.pow(2).sum().backward()
     assert all(p.grad is not None for p in adapter.parameters())
+
+
+def test_output_rms_scales_every_valid_frame_without_new_weights():
+    import dataclasses
+
+    plain, scaled = _adapter(), _adapter(dataclasses.replace(TINY, output_rms=0.05))
+    assert list(scaled.state_dict()) == list(plain.state_dict())
+    x, lengths = torch.randn(2, 30, 24), torch.tensor([30, 17])
+    out = scaled(x, lengths)
+    reference = plain(x, lengths)
+    valid = torch.arange(out.embeddings.shape[1])[None] < out.lengths[:, None]
+    rms = out.embeddings[valid].pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.05), atol=1e-6)
+    direction = torch.nn.functional.cosine_similarity(out.embeddings[valid], reference.embeddings[valid], dim=-1)
+    assert torch.allclose(direction, torch.ones_like(direction), atol=1e-5)
+    assert not out.embeddings[~valid].any()
