@@ -79,6 +79,13 @@ def cmd_eval(args) -> int:
     checkpoint = resolve_checkpoint(args.run)
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"{args.data}: no such corpus folder")
+    if "probe" in args.stages:
+        from echat.train.bridge import probe_run, render_probe
+
+        print(render_probe(probe_run(args.run, args.data, args.split, args.limit)))
+        args.stages = [s for s in args.stages if s != "probe"]
+        if not args.stages:
+            return 0
     report = evaluate(load_model(checkpoint, args.device), args.data, split=args.split, stages=args.stages,
                       limit=args.limit, think=args.think)
     report["checkpoint"] = str(checkpoint)
@@ -141,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--limit", type=int, default=None, help="at most N items per stage and subset")
     evaluation.add_argument("--think", default="tag", choices=["tag", "language", "none"])
     evaluation.add_argument("--stages", nargs="+", default=["understanding", "generation", "empathy"],
-                            choices=["understanding", "generation", "empathy"], help="stages to run (default all)")
+                            choices=["understanding", "generation", "empathy", "probe"],
+                            help="stages to run (default the three; probe: what a stage-1 run's encoder carries, "
+                                 "read by its bridge heads)")
     evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
     evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
 

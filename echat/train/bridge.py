@@ -22,6 +22,7 @@ state. :class:`BridgedModel` wraps both so that one forward (and one DDP wrapper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -148,3 +149,82 @@ class BridgedModel(nn.Module):
             out.aux["token_ctc"] = self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets)
         out.loss = out.loss + self.weight * sum(out.aux.values())
         return out
+
+
+def load_heads(checkpoint: str | Path, config) -> BridgeHeads:
+    """The bridge heads saved in a trainer checkpoint (``ckpt/step_N/trainer_state.pt``)."""
+    state = torch.load(Path(checkpoint) / "trainer_state.pt", weights_only=True)
+    if "bridge" not in state:
+        raise ValueError(f"{checkpoint}: this checkpoint's stage trained no bridge heads")
+    heads = BridgeHeads(config.encoder.d_model, config.llm.hidden_size)
+    heads.load_state_dict(state["bridge"])
+    return heads.eval()
+
+
+@torch.no_grad()
+def probe(model, heads: BridgeHeads, samples) -> dict:
+    """What the encoder carries, read by the bridge heads rather than by the LLM: the character CTC's
+    greedy transcripts (CER against ``extra.q_txt``) and each cue head's accuracy on the clips' mean
+    frame. ``samples``: decoded single-clip samples whose records hold ``q_txt`` and the cue labels."""
+    from echat.data.pipeline import DataPipeline
+    from echat.eval.metrics import cer
+
+    by_key = {s.record.key: s.record for s in samples}
+    refs, hyps, hits, counts = [], [], dict.fromkeys(CUE_FIELDS, 0), dict.fromkeys(CUE_FIELDS, 0)
+    for batch in DataPipeline(model.config, model.tokenizer, train=False).batches(samples):
+        records = [by_key[k] for k in batch.keys]
+        targets = bridge_targets(records, model.tokenizer)
+        enc = model.encoder(batch.feats, batch.feat_lengths)
+        ids = heads.chars(enc.hidden).argmax(-1)  # (N, T)
+        refs += [r.extra["q_txt"] for r in records]
+        hyps += [_ctc_collapse(row[:n].tolist()) for row, n in zip(ids, enc.lengths, strict=True)]
+        pooled = (enc.hidden.sum(1) / enc.lengths[:, None]).float()  # padded frames are zero
+        for name, head in heads.cues.items():
+            labels = targets.cues[name]
+            known = labels != IGNORE_INDEX
+            hits[name] += int((head(pooled).argmax(-1) == labels)[known].sum())
+            counts[name] += int(known.sum())
+    return {"char_cer": cer(refs, hyps), "clips": len(refs),
+            **{f"{name}_accuracy": hits[name] / counts[name] for name in CUE_FIELDS if counts[name]},
+            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:3]]}
+
+
+def _ctc_collapse(ids: list[int]) -> str:
+    """Greedy CTC output: merge repeats, drop blanks, map to characters."""
+    blank, out, previous = len(CHARS), [], None
+    for i in ids:
+        if i != previous and i != blank:
+            out.append(CHARS[i])
+        previous = i
+    return "".join(out)
+
+
+def probe_run(run: str | Path, corpus: str | Path, split: str = "test", limit: int | None = None) -> dict:
+    """:func:`probe` of a run's newest trainer checkpoint on the clips of ``corpus/{split}.jsonl``, per
+    test subset (``extra.subset``; ``all`` where there is none), at most ``limit`` clips each."""
+    from echat.models.echat import EChat
+    from echat.train.recipes import family
+    from echat.train.run import load_split
+    from echat.train.trainer import latest_trainer_checkpoint
+
+    checkpoint = latest_trainer_checkpoint(run)
+    model = EChat.from_checkpoint(checkpoint).eval()
+    heads = load_heads(checkpoint, model.config)
+    groups: dict[str, list] = {}
+    for sample in load_split(corpus, split, model.config):
+        if family(sample.record) == "asr":
+            groups.setdefault(sample.record.extra.get("subset") or "all", []).append(sample)
+    return {"checkpoint": str(checkpoint), "split": split,
+            "subsets": {name: probe(model, heads, group[:limit]) for name, group in sorted(groups.items())}}
+
+
+def render_probe(report: dict) -> str:
+    """The probe report as a small table: one row per score, one column per subset."""
+    subsets = report["subsets"]
+    rows = ["clips", "char_cer", *[f"{name}_accuracy" for name in CUE_FIELDS]]
+    lines = [f"bridge probe (encoder read by the bridge heads, not by the LLM): {report['checkpoint']}",
+             f"{'':22}" + "".join(f"{name:>10}" for name in subsets)]
+    for row in rows:
+        values = [subsets[name].get(row) for name in subsets]
+        lines.append(f"{row:22}" + "".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}" for v in values))
+    return "\n".join(lines)

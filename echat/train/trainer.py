@@ -340,6 +340,17 @@ def _numpy_rng() -> tuple:
     return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
 
 
+def latest_trainer_checkpoint(run: str | Path) -> Path:
+    """The newest checkpoint of a run that holds a trainer state (``run/ckpt/step_N``, or ``run`` itself)."""
+    run = Path(run)
+    if (run / "trainer_state.pt").exists():
+        return run
+    for folder in (run, run.parent):  # a run folder, or its final/ checkpoint
+        if (folder / CHECKPOINTS / LATEST).exists():
+            return latest_checkpoint(folder)
+    raise FileNotFoundError(f"{run}: no trainer checkpoint (no {CHECKPOINTS}/{LATEST} with trainer_state.pt)")
+
+
 def latest_checkpoint(run: str | Path) -> Path:
     """The newest checkpoint of a run folder (or the folder itself if it is a checkpoint)."""
     run = Path(run)
