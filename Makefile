@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.echat-installed
 PRESET ?= mini
+# make demo's run folder: corpus, recipe checkpoints, evaluations, figures, executed notebooks.
+DEMO_OUT ?= $(if $(filter smoke,$(PRESET)),runs/demo-smoke,runs/demo)
 # The hub is unreachable offline and a lookup hangs ~45 s before failing.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
@@ -24,7 +26,7 @@ test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 demo: setup
-	$(OFFLINE) $(BIN)/python -m echat.notebooks --preset $(PRESET) --out runs/demo
+	$(OFFLINE) $(BIN)/python -m echat.demo --preset $(PRESET) --out $(DEMO_OUT)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

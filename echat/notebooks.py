@@ -3,13 +3,15 @@
 Running: :func:`run_notebook` executes one notebook with papermill (parameters injected into the
 cell tagged ``parameters``, working directory = the notebook's folder, as in JupyterLab);
 :func:`run_all` runs every ``notebooks/NN_*.ipynb``, renders each to HTML and writes an
-``index.html``. ``python -m echat.notebooks --preset mini --out runs/demo`` is what ``make demo`` calls.
+``index.html``; ``python -m echat.notebooks --preset mini --out runs/demo`` runs them alone, and
+``make demo`` (:mod:`echat.demo`) runs them after the training recipe and its evaluation.
 
 Displaying: :class:`Rendered` carries a plain-text and an HTML form of the same view (notebooks show
 the HTML, ``print`` shows the text); :func:`table`, :func:`preset_table`, :func:`module_table`,
-:func:`layout_view`, :func:`example_strip`, :func:`category_counts` and :func:`batch_table` build
-them. Heavy imports (papermill, nbconvert, torch) happen inside the functions that need them, so
-``import echat.notebooks`` stays light.
+:func:`layout_view`, :func:`example_strip`, :func:`category_counts`, :func:`batch_table` and
+:func:`audio_grid` build them; :func:`speech_token_plot` and :func:`confusion_grid` draw figures for the
+training-stage notebooks. Heavy imports (papermill, nbconvert, torch) happen inside the functions that
+need them, so ``import echat.notebooks`` stays light.
 """
 
 from __future__ import annotations
@@ -96,11 +98,12 @@ def select_notebooks(only: Sequence[str] | None = None, folder: Path = NOTEBOOK_
     return chosen
 
 
-def run_all(out_dir: str | Path, preset: str = "mini",
-            only: Sequence[str] | None = None) -> list[NotebookResult]:
+def run_all(out_dir: str | Path, preset: str = "mini", only: Sequence[str] | None = None,
+            links: Sequence[tuple[str, str]] = ()) -> list[NotebookResult]:
     """Run the numbered notebooks (or those matching ``only``) with ``PRESET`` and ``RUN_DIR`` set.
 
-    Executed copies and their HTML go to ``out_dir``, with ``out_dir/index.html`` linking them.
+    Executed copies and their HTML go to ``out_dir``, with ``out_dir/index.html`` linking them (and
+    ``links``: (file relative to ``out_dir``, title) pairs, e.g. the demo's figures).
     ``RUN_DIR`` is passed as an absolute path, since notebooks run in their own folder.
     """
     from tqdm.auto import tqdm
@@ -113,7 +116,7 @@ def run_all(out_dir: str | Path, preset: str = "mini",
         progress.set_postfix_str(path.name)
         results.append(_run_one(path, out_dir, preset))
     progress.close()
-    write_index(out_dir, results, preset)
+    write_index(out_dir, results, preset, links)
     return results
 
 
@@ -145,8 +148,11 @@ def render_html(notebook: Path) -> Path | None:
     return page
 
 
-def write_index(out_dir: Path, results: list[NotebookResult], preset: str) -> Path:
-    """``out_dir/index.html``: one row per notebook with a link, status and wall time."""
+def write_index(out_dir: Path, results: list[NotebookResult], preset: str,
+                links: Sequence[tuple[str, str]] = ()) -> Path:
+    """``out_dir/index.html``: one row per notebook with a link, status and wall time; ``links``
+    ((file, title) pairs) are listed above the table."""
+    extra = " · ".join(f'<a href="{html.escape(target)}">{html.escape(title)}</a>' for target, title in links)
     rows = []
     for r in results:
         name = html.escape(r.name)
@@ -160,8 +166,8 @@ def write_index(out_dir: Path, results: list[NotebookResult], preset: str) -> Pa
             ".ok{color:#070}.failed{color:#b00;font-weight:bold}pre{margin:0;white-space:pre-wrap}</style>"
             f"<h1>echat notebooks, preset <code>{html.escape(preset)}</code></h1>"
             f"<p>{sum(r.ok for r in results)}/{len(results)} ok, {total:.1f} s in all, "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>"
-            "<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>error</th></tr>"
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>" + (f"<p>{extra}</p>" if extra else "")
+            + "<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>error</th></tr>"
             + "".join(rows) + "</table>")
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
@@ -482,7 +488,8 @@ def audio_grid(clips: Sequence[tuple[str, str, object]], columns: int = 3, rate:
     """Audio players in a compact HTML grid, one cell per ``(title, note, clip)``.
 
     ``clip`` is a file path (embedded as it is) or a float wave in [-1, 1] at ``rate`` Hz, embedded
-    *without* peak normalisation, so that loudness (a cue in EChat-mini) stays audible. The text form
+    *without* peak normalisation, so that loudness (a cue in EChat-mini) stays audible. An empty wave
+    (e.g. a model that produced no speech tokens) gets "(no audio)" instead of a player. The text form
     lists the titles and notes.
     """
     import numpy as np
@@ -491,16 +498,66 @@ def audio_grid(clips: Sequence[tuple[str, str, object]], columns: int = 3, rate:
     cells, lines = [], []
     for title, note, clip in clips:
         if isinstance(clip, str | Path):
-            player = Audio(filename=str(clip))
+            player = Audio(filename=str(clip)).src_attr()
+        elif np.asarray(clip).size:
+            player = Audio(np.clip(np.asarray(clip, dtype=np.float32), -1, 1), rate=rate, normalize=False).src_attr()
         else:
-            player = Audio(np.clip(np.asarray(clip, dtype=np.float32), -1, 1), rate=rate, normalize=False)
+            player, note = None, f"{note} (no audio)".strip()
+        audio = (f"<audio controls preload='none' style='width:100%;height:32px' src='{player}'></audio>"
+                 if player else "")
         cells.append("<div style='border:1px solid #ddd;border-radius:4px;padding:4px 6px'>"
                      f"<b>{html.escape(title)}</b><div style='font-size:85%;color:#555'>{html.escape(note)}</div>"
-                     f"<audio controls preload='none' style='width:100%;height:32px' "
-                     f"src='{player.src_attr()}'></audio></div>")
+                     f"{audio}</div>")
         lines.append(f"{title}: {note}" if note else title)
     style = f"display:grid;grid-template-columns:repeat({columns},minmax(0,1fr));gap:6px"
     return Rendered("\n".join(lines), f"<div style='{style}'>{''.join(cells)}</div>")
+
+
+# --- training stages ---------------------------------------------------------------------------
+
+
+def speech_token_plot(rows: Sequence[tuple[str, Sequence[int]]], codebook_size: int, rate_hz: float = 25.0):
+    """Speech-token sequences one above the other: code id over time (``rate_hz`` tokens per second).
+
+    ``rows``: (title, token ids) pairs; ids at or above ``codebook_size`` (boundary / stop) are left out.
+    Returns a matplotlib ``Figure`` (no pyplot state is touched).
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 1.6 * max(1, len(rows)) + 0.4), layout="constrained")
+    axes = fig.subplots(max(1, len(rows)), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (title, tokens) in zip(axes, rows):
+        ids = np.array([t for t in tokens if 0 <= t < codebook_size])  # (L,)
+        ax.step(np.arange(len(ids)) / rate_hz, ids, where="post", lw=0.8)
+        ax.set(ylim=(-1, codebook_size), ylabel="code")
+        ax.set_title(f"{title}: {len(ids)} tokens, {len(ids) / rate_hz:.1f} s, {len(set(ids.tolist()))} distinct",
+                     fontsize=9, loc="left")
+    axes[-1].set_xlabel("time (s)")
+    return fig
+
+
+
+def confusion_grid(report: dict, columns: int = 4, panel: float = 4.2):
+    """Every confusion matrix of a ``stage_eval`` report in one figure: a row per subset, a panel per
+    field (rows = reference, columns = prediction, colour = share of the row). Returns a ``Figure``."""
+    from matplotlib.figure import Figure
+
+    from echat.eval.metrics import plot_confusion
+    from echat.eval.stage_eval import confusion_tables
+
+    tables = confusion_tables(report)
+    per_subset = max(1, max((sum(t[0] == s for t in tables) for s in report["subsets"]), default=1))
+    columns = min(columns, per_subset)
+    rows = max(1, -(-len(tables) // columns))
+    fig = Figure(figsize=(panel * columns, panel * rows), layout="constrained")
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax, (subset, name, scores) in zip(axes, tables):
+        plot_confusion(scores["confusion"], scores["labels"], f"{name}, {subset}: accuracy {scores['accuracy']:.2f}",
+                       ax=ax)
+    for ax in axes[len(tables):]:
+        ax.set_visible(False)
+    return fig
 
 
 if __name__ == "__main__":

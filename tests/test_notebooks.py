@@ -7,6 +7,11 @@ from echat import notebooks as runner
 
 NOTEBOOKS = runner.numbered_notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
+# The training-stage notebooks find or train their stage in RUN_DIR: in this module they share one run
+# folder, in order (each trains only its own stage), and the session's smoke corpus (CORPUS); they
+# evaluate and show one item per test subset (the smoke model's garbage speech is slow to transcribe).
+STAGE_NOTEBOOKS = ("04", "05", "06", "07")
+STAGE_PARAMETERS = {"LIMIT": 1, "EXAMPLES": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -22,12 +27,22 @@ def test_notebooks_are_found():
     assert {"00", "02"} <= {p.name[:2] for p in NOTEBOOKS}
 
 
+@pytest.fixture(scope="module")
+def stage_run_dir(tmp_path_factory):
+    """One run folder for notebooks 04-07: stage N's notebook finds stages 0..N-1 trained by the previous ones."""
+    return tmp_path_factory.mktemp("stages")
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs_on_smoke(path, tmp_path):
+def test_notebook_runs_on_smoke(path, tmp_path, request):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    out = runner.run_notebook(path, tmp_path / path.name, {"PRESET": "smoke", "RUN_DIR": str(run_dir)})
+    parameters = {"PRESET": "smoke", "RUN_DIR": str(run_dir)}
+    if path.name[:2] in STAGE_NOTEBOOKS:
+        parameters.update(RUN_DIR=str(request.getfixturevalue("stage_run_dir")),
+                          CORPUS=str(request.getfixturevalue("smoke_corpus")), **STAGE_PARAMETERS)
+    out = runner.run_notebook(path, tmp_path / path.name, parameters)
     executed = nbformat.read(out, as_version=4)
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
@@ -77,6 +92,8 @@ def test_index_and_summary(tmp_path):
                runner.NotebookResult("02_x", False, 2.0, "02_x: cell 3 failed")]
     page = runner.write_index(tmp_path, results, "smoke").read_text()
     assert "00_tour" in page and "FAILED" in page and "cell 3 failed" in page
+    linked = runner.write_index(tmp_path, results, "smoke", links=[("figures.md", "figures <md>")]).read_text()
+    assert '<a href="figures.md">figures &lt;md&gt;</a>' in linked
     text = runner.summary(results)
     assert "00_tour" in text and "FAILED" in text
 

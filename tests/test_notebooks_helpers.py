@@ -60,3 +60,30 @@ def test_audio_grid_embeds_every_clip_without_normalising(tmp_path):
     assert str(view) == "<SAD>: quiet\nfile"
     # A peak-normalising player would embed a wave and its double identically: loudness is a cue here.
     assert nb.audio_grid([("a", "", 2 * quiet)]).html != nb.audio_grid([("a", "", quiet)]).html
+
+
+def test_audio_grid_says_no_audio_for_an_empty_wave():
+    import numpy as np
+
+    view = nb.audio_grid([("model reply", "nothing said", np.zeros(0, dtype=np.float32))])
+    assert "<audio" not in view.html and "(no audio)" in view.html
+    assert str(view) == "model reply: nothing said (no audio)"
+
+
+def test_speech_token_plot_draws_a_row_per_sequence_without_boundary_ids():
+    fig = nb.speech_token_plot([("truth", [1, 2, 2, 3, 64]), ("model", [5] * 10)], codebook_size=64)
+    axes = fig.get_axes()
+    assert len(axes) == 2
+    assert "4 tokens" in axes[0].get_title(loc="left") and "3 distinct" in axes[0].get_title(loc="left")
+    assert len(axes[0].lines[0].get_xdata()) == 4  # the boundary id 64 is left out
+    assert "10 tokens, 0.4 s, 1 distinct" in axes[1].get_title(loc="left")
+
+
+def test_confusion_grid_has_a_panel_per_matrix():
+    report = {"subsets": {s: {"understanding": {"labels": {
+        f: {"accuracy": 0.5, "labels": ["<A>", "<B>"], "confusion": [[1, 1], [0, 2]]} for f in ("age", "gender")}}}
+        for s in ("seen", "unseen")}}
+    fig = nb.confusion_grid(report)
+    visible = [ax for ax in fig.get_axes() if ax.get_visible() and ax.get_title()]
+    assert len(visible) == 4
+    assert {ax.get_title() for ax in visible} >= {"age, seen: accuracy 0.50", "gender, unseen: accuracy 0.50"}
