@@ -9,10 +9,13 @@ Design choices:
 - Checkpoints (``ckpt/step_NNNNNN/``: the model in echat's format + ``trainer_state.pt`` with optimizer,
   scheduler, step, data position and RNG states) are written to a temporary folder and renamed, so a
   killed run never leaves a broken one; the last ``keep`` are kept; ``latest`` names the newest.
-- Resuming restores the data position and every RNG, so N steps straight equal N/2 + resume + N/2.
+- A fresh run seeds every RNG from ``train.seed`` (per rank); resuming restores the data position and
+  every RNG, so N steps straight equal N/2 + resume + N/2.
+- A recipe with ``bridge`` wraps the model in :class:`~echat.train.bridge.BridgedModel` (auxiliary CTC
+  and cue losses); the bridge heads train alongside and live in ``trainer_state.pt``, never in the model.
 - A non-finite loss stops the run naming the step and batch keys; Ctrl-C saves a resumable checkpoint.
-- Metrics go to ``metrics.jsonl`` (per step: loss per task, lr; per evaluation: dev loss and a few
-  greedy decodes) and ``loss.png``.
+- Metrics go to ``metrics.jsonl`` (per step: wall-clock time, loss per task, lr, bridge losses; per
+  evaluation: dev loss and a few greedy decodes) and ``loss.png``.
 """
 
 from __future__ import annotations
@@ -207,8 +210,7 @@ class Trainer:
             return None
         self.state.step += 1
         record = {"step": self.state.step, "time_s": round(time.time(), 2), "loss": out.loss.item(),
-                  "task": batch.kind.value,
-                  "lr": self.scheduler.get_last_lr()[0], "rows": len(batch.keys),
+                  "task": batch.kind.value, "lr": self.scheduler.get_last_lr()[0], "rows": len(batch.keys),
                   **{f"aux_{k}": round(v.item(), 4) for k, v in out.aux.items()}}
         self._log(record)
         return record
