@@ -395,19 +395,15 @@ HEADLINES = {  # stage_eval stage -> the scores of a subset that figures.json ke
 }
 
 
-def _dig(data, keys: Sequence[str]):
-    for key in keys:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
-
-
 def headline_scores(report: dict) -> dict:
     """The headline scores of a one-stage report, per subset: items, the stage's scores, a skip reason."""
+    from echat.eval.stage_eval import dig
+
     stage = report["stages"][0]
     out = {}
     for subset, stages in report["subsets"].items():
         scores = stages.get(stage, {})
-        out[subset] = {"items": scores.get("items"), **{k: _dig(scores, keys) for k, keys in HEADLINES[stage]}}
+        out[subset] = {"items": scores.get("items"), **{k: dig(scores, keys) for k, keys in HEADLINES[stage]}}
         if scores.get("skipped"):
             out[subset]["skipped"] = scores["skipped"]
     return out
@@ -446,31 +442,23 @@ def collect_figures(run_dir: Path, preset: str, corpus: Path, timings: dict, rep
             "training": stages, "evaluation": evaluations, "seconds": seconds}
 
 
-def _cell(value, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def figures_markdown(figures: dict, reports: dict, run_dir: Path) -> str:
     """``figures.md``: the figures as readable tables, with links to the loss curves and evaluations."""
-    from echat.eval.stage_eval import render
+    from echat.eval.stage_eval import format_cell, render
 
     m, c = figures["machine"], figures["corpus"]
     lines = [f"# echat demo: preset {figures['preset']}, recipe {figures['recipe']}", "",
              f"Measured {figures['date']} on {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} "
              f"({m['torch_threads']} threads), CUDA {'yes' if m['cuda'] else 'no'}; 1-minute load average "
-             f"{_cell(m.get('load_average_at_start'), 1)} when the demo started (other processes on the CPUs "
+             f"{format_cell(m.get('load_average_at_start'), 1)} when the demo started (other processes on the CPUs "
              "slow the times below).", "",
              f"Corpus: EChat-mini `{c['size']}` (seed {c['seed']}), {c['user_clips']} user clips, records "
              + ", ".join(f"{n} {s}" for s, n in c["records"].items()) + f", {c['mb']} MB.", "",
              "## Training", "", "| stage | steps | wall time (s) | final train loss (last 20 steps) | loss curve |",
              "|---|---|---|---|---|"]
     for s in figures["training"]:
-        lines.append(f"| {s['stage']} | {s['steps']} | {_cell(s['seconds'], 1)} | {_cell(s['final_train_loss'])} "
-                     f"| [{s['folder']}/loss.png]({s['folder']}/loss.png) |")
+        lines.append(f"| {s['stage']} | {s['steps']} | {format_cell(s['seconds'], 1)} "
+                     f"| {format_cell(s['final_train_loss'])} | [{s['folder']}/loss.png]({s['folder']}/loss.png) |")
     lines += ["", "## Evaluation (test split)", ""]
     for name, report in reports.items():
         run = planned_runs(run_dir, figures["recipe"], name)[0]
@@ -489,7 +477,7 @@ def figures_markdown(figures: dict, reports: dict, run_dir: Path) -> str:
                   for n in figures["notebooks"]]
         lines.append("")
     lines += ["## Wall time of this run (s)", "", "| part | seconds |", "|---|---|"]
-    lines += [f"| {part} | {_cell(value, 1)} |" for part, value in figures["seconds"].items()]
+    lines += [f"| {part} | {format_cell(value, 1)} |" for part, value in figures["seconds"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -549,14 +537,16 @@ def run_demo(preset: str, out: str | Path, limit: int | None = None, only: Seque
 
 def summary(figures: dict, out: Path) -> str:
     """The figures in a few lines, and where to look."""
+    from echat.eval.stage_eval import format_cell
+
     lines = [f"training ({figures['recipe']} recipe):"]
-    lines += [f"  {s['stage']:14} {s['steps']:5} steps  {_cell(s['seconds'], 1):>8} s  final train loss "
-              f"{_cell(s['final_train_loss'])}" for s in figures["training"]]
+    lines += [f"  {s['stage']:14} {s['steps']:5} steps  {format_cell(s['seconds'], 1):>8} s  final train loss "
+              f"{format_cell(s['final_train_loss'])}" for s in figures["training"]]
     for name, e in figures["evaluation"].items():
         for subset, scores in e["subsets"].items():
-            shown = ", ".join(f"{k} {_cell(v)}" for k, v in scores.items() if k != "skipped" and v is not None)
+            shown = ", ".join(f"{k} {format_cell(v)}" for k, v in scores.items() if k != "skipped" and v is not None)
             lines.append(f"{e['stage']}, {name} checkpoint, {subset}: {shown or scores.get('skipped', '-')}")
-    lines += ["wall time: " + ", ".join(f"{k} {_cell(v, 1)} s" for k, v in figures["seconds"].items()),
+    lines += ["wall time: " + ", ".join(f"{k} {format_cell(v, 1)} s" for k, v in figures["seconds"].items()),
               f"figures: {out / 'figures.md'} (and figures.json)", f"notebooks: {out / 'index.html'}"]
     return "\n".join(lines)
 

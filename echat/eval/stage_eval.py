@@ -454,7 +454,8 @@ _ROWS = (
 )
 
 
-def _dig(data: Any, keys: Sequence[str]) -> Any:
+def dig(data: Any, keys: Sequence[str]) -> Any:
+    """``data[k1][k2]...`` for ``keys``, or None where a level is missing."""
     for key in keys:
         if not isinstance(data, dict) or key not in data:
             return None
@@ -462,12 +463,13 @@ def _dig(data: Any, keys: Sequence[str]) -> Any:
     return data
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any, digits: int = 3) -> str:
+    """A table cell: ``-`` for None, yes/no for booleans, floats to ``digits`` decimals."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def render(report: dict) -> str:
@@ -482,18 +484,18 @@ def render(report: dict) -> str:
         lines.append(info["skipped"])
     elif info:
         lines.append(f"reply-emotion classifier ({info['kind']}, {info['train_replies']} training replies): "
-                     f"accuracy {_cell(info['test_accuracy'])} on {info['test_replies']} ground-truth "
+                     f"accuracy {format_cell(info['test_accuracy'])} on {info['test_replies']} ground-truth "
                      f"{report['split']} replies")
     lines += ["", f"{'':38}" + "".join(f"{name:>10}" for name in subsets)]
     for label, stage, keys in _ROWS:
         if stage in report["stages"]:
-            values = [_dig(subsets[name].get(stage), keys) for name in subsets]
+            values = [dig(subsets[name].get(stage), keys) for name in subsets]
             if stage != "generation" and all(v is None for v in values) and len(keys) > 1:
                 continue
-            lines.append(f"{label:38}" + "".join(f"{_cell(v):>10}" for v in values))
+            lines.append(f"{label:38}" + "".join(f"{format_cell(v):>10}" for v in values))
     for name in subsets:
         for stage in report["stages"]:
-            reason = _dig(subsets[name].get(stage), ("skipped",))
+            reason = dig(subsets[name].get(stage), ("skipped",))
             if reason:
                 lines.append(f"{stage} skipped ({name}): {reason}")
     return "\n".join(lines)

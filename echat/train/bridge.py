@@ -78,6 +78,12 @@ def _class_index(name: str, value) -> int:
     return labels.index(tag) if tag in labels else IGNORE_INDEX
 
 
+def mean_frame(frames: Tensor, lengths: Tensor) -> Tensor:
+    """The mean of each clip's valid frames: (N, T, D) with lengths (N,) -> (N, D)."""
+    valid = (torch.arange(frames.shape[1], device=frames.device)[None] < lengths[:, None]).unsqueeze(-1)
+    return (frames * valid).sum(1) / lengths.clamp(min=1)[:, None]
+
+
 class BridgeHeads(nn.Module):
     """The encoder's character CTC and cue heads, and the adapter's CTC blank vector and temperature."""
 
@@ -104,8 +110,7 @@ class BridgeHeads(nn.Module):
 
     def cue_losses(self, frames: Tensor, lengths: Tensor, targets: BridgeTargets) -> dict[str, Tensor]:
         """Cross-entropy of each cue classifier on the clips' mean encoder frame (N, D)."""
-        valid = (torch.arange(frames.shape[1], device=frames.device)[None] < lengths[:, None]).unsqueeze(-1)
-        pooled = (frames * valid).sum(1) / lengths.clamp(min=1)[:, None]  # (N, D)
+        pooled = mean_frame(frames, lengths)  # (N, D)
         out = {}
         for name, head in self.cues.items():
             labels = targets.cues.get(name)
@@ -178,7 +183,7 @@ def probe(model, heads: BridgeHeads, samples) -> dict:
         ids = heads.chars(enc.hidden).argmax(-1)  # (N, T)
         refs += [r.extra["q_txt"] for r in records]
         hyps += [_ctc_collapse(row[:n].tolist()) for row, n in zip(ids, enc.lengths, strict=True)]
-        pooled = (enc.hidden.sum(1) / enc.lengths[:, None]).float()  # padded frames are zero
+        pooled = mean_frame(enc.hidden, enc.lengths).float()  # (N, D)
         for name, head in heads.cues.items():
             labels = targets.cues[name]
             known = labels != IGNORE_INDEX
@@ -220,11 +225,13 @@ def probe_run(run: str | Path, corpus: str | Path, split: str = "test", limit: i
 
 def render_probe(report: dict) -> str:
     """The probe report as a small table: one row per score, one column per subset."""
+    from echat.eval.stage_eval import format_cell
+
     subsets = report["subsets"]
     rows = ["clips", "char_cer", *[f"{name}_accuracy" for name in CUE_FIELDS]]
     lines = [f"bridge probe (encoder read by the bridge heads, not by the LLM): {report['checkpoint']}",
              f"{'':22}" + "".join(f"{name:>10}" for name in subsets)]
     for row in rows:
         values = [subsets[name].get(row) for name in subsets]
-        lines.append(f"{row:22}" + "".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}" for v in values))
+        lines.append(f"{row:22}" + "".join(f"{format_cell(v):>10}" for v in values))
     return "\n".join(lines)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 from echat.data.schema import Record
 from echat.tokens import OutputType, is_only_p
-
-FAMILIES = ("asr", "asrp", "only_p", "tts", "s2t", "s2t_think", "s2s", "s2s_think", "s2s_history", "t2t", "text_lm")
+from echat.train.stages import MODULES
 
 
 def family(record: Record) -> str:
@@ -84,11 +83,8 @@ class StageRecipe:
         return "\n".join(lines)
 
 
-ALL = ("encoder", "adapter", "llm", "speech_embedding", "speech_head")
-
-
 def _lr(**scales: float) -> tuple[tuple[str, float], ...]:
-    return tuple((m, scales.get(m, 0.0)) for m in ALL)
+    return tuple((m, scales.get(m, 0.0)) for m in MODULES)
 
 
 def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:

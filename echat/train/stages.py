@@ -1,7 +1,9 @@
-"""Which parameters train in each stage, applied by one function.
+"""Which parameters train: :func:`set_trainable` is the one place that sets ``requires_grad`` (the
+trainer calls it with the modules its recipe gives a learning rate, :func:`apply_stage` with the paper's
+default set of a stage).
 
-Stages (the paper's understanding-driven recipe; the reference encodes them only as ``fire_module``
-switches, its released config trains everything):
+The paper's stages (the reference encodes them only as ``fire_module`` switches, its released config
+trains everything; echat's mini recipe departs where ``echat.train.recipes`` says why):
 - ``understanding``: encoder + adapter; the LLM and the speech embedding/head are frozen.
 - ``generation``: adapter + LLM (all of it, or only LoRA weights when LoRA is on) + speech
   embedding/head; the encoder only when asked (``train_encoder=True``).
@@ -48,17 +50,23 @@ def trainable_modules(stage: str, train_encoder: bool = False, freeze: Iterable[
     raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
 
 
-def apply_stage(model, stage: str, train_encoder: bool = False, freeze: Iterable[str] = ()) -> dict[str, int]:
-    """Set ``requires_grad`` for ``stage`` and return the trainable parameter count per module.
-
-    With LoRA on the LLM, only its LoRA weights train (peft's own freezing of the base is kept).
-    """
-    chosen = trainable_modules(stage, train_encoder, freeze)
+def set_trainable(model, modules: Iterable[str]) -> dict[str, list[nn.Parameter]]:
+    """Train the parameters of ``modules`` and freeze every other one; returns the trainable parameters
+    per module (modules with none left out). With LoRA on the LLM, only its LoRA weights train."""
+    chosen, trainable = set(modules), {}
     for name in MODULES:
         module: nn.Module = getattr(model, name)
+        lora_only = name == "llm" and _uses_lora(model)
         for pname, param in module.named_parameters():
-            lora_only = name == "llm" and _uses_lora(model)
             param.requires_grad = name in chosen and (not lora_only or "lora_" in pname)
+            if param.requires_grad:
+                trainable.setdefault(name, []).append(param)
+    return trainable
+
+
+def apply_stage(model, stage: str, train_encoder: bool = False, freeze: Iterable[str] = ()) -> dict[str, int]:
+    """Set ``requires_grad`` for ``stage`` and return the trainable parameter count per module."""
+    set_trainable(model, trainable_modules(stage, train_encoder, freeze))
     return trainable_counts(model)
 
 

@@ -39,7 +39,7 @@ from echat.data.pipeline import DataPipeline, Sample
 from echat.models.checkpoint import LATEST
 from echat.train.bridge import BridgedModel, bridge_targets
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
-from echat.train.stages import MODULES
+from echat.train.stages import set_trainable
 
 CHECKPOINTS = "ckpt"
 
@@ -69,16 +69,8 @@ def build_optimizer(model, recipe: StageRecipe, config, extra: nn.Module | None 
     """AdamW over the modules the recipe trains, each at ``lr x scale``; other parameters are frozen.
     ``extra`` (the bridge heads) trains at the base lr."""
     scales = dict(recipe.module_lr)
-    groups = []
-    for name in MODULES:
-        params = [p for n, p in getattr(model, name).named_parameters()
-                  if scales.get(name, 0.0) > 0 and (not recipe.lora or name != "llm" or "lora_" in n)]
-        for p in getattr(model, name).parameters():
-            p.requires_grad = False
-        for p in params:
-            p.requires_grad = True
-        if params:
-            groups.append({"params": params, "lr": recipe.lr * scales[name], "name": name})
+    trainable = set_trainable(model, [name for name, scale in scales.items() if scale > 0])
+    groups = [{"params": params, "lr": recipe.lr * scales[name], "name": name} for name, params in trainable.items()]
     if extra is not None:
         groups.append({"params": list(extra.parameters()), "lr": recipe.lr, "name": "bridge"})
     if not groups:
