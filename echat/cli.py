@@ -79,6 +79,16 @@ def cmd_eval(args) -> int:
     checkpoint = resolve_checkpoint(args.run)
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"{args.data}: no such corpus folder")
+    if "hearing" in args.stages:
+        from echat.eval.hearing import hearing_run, render_hearing, save_hearing
+
+        hearing = hearing_run(args.run, args.data, size=args.limit or 32)
+        print(render_hearing(hearing))
+        written = save_hearing(hearing, args.out or Path(args.run) / "eval")
+        print(f"wrote {written[0]} and {written[1]}")
+        args.stages = [s for s in args.stages if s != "hearing"]
+        if not args.stages:
+            return 0
     if "probe" in args.stages:
         from echat.train.bridge import probe_run, render_probe
 
@@ -148,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--limit", type=int, default=None, help="at most N items per stage and subset")
     evaluation.add_argument("--think", default="tag", choices=["tag", "language", "none"])
     evaluation.add_argument("--stages", nargs="+", default=["understanding", "generation", "empathy"],
-                            choices=["understanding", "generation", "empathy", "probe"],
+                            choices=["understanding", "generation", "empathy", "probe", "hearing"],
                             help="stages to run (default the three; probe: what a stage-1 run's encoder carries, "
-                                 "read by its bridge heads)")
+                                 "read by its bridge heads; hearing: does the LLM path read its audio — "
+                                 "first-answer-token accuracy against the most common guess on fixed clips, "
+                                 "--limit clips per set, default 32)")
     evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
     evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
 

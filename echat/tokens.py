@@ -154,6 +154,8 @@ NEUTRAL_REPLY = {"reference": "<中立>", "mini": "<NEUTRAL>"}
 # Defaults the tag think uses for a missing field when it does not write <&&>.
 FIELD_DEFAULTS = {"emotion": "<NEUTRAL>", "age": "<ADULT>", "gender": "<MALE>", "event": NO_EVENT}
 LABEL_SETS = {"age": AGES, "gender": GENDERS, "emotion": USER_EMOTIONS, "event": SOUND_EVENTS}
+# Every English label tag: the mini tokenizer makes each one token, so a cue answer is one decision.
+MINI_LABEL_TAGS = tuple(dict.fromkeys((*AGES, *GENDERS, *USER_EMOTIONS, *SOUND_EVENTS, *REPLY_EMOTIONS["mini"])))
 
 
 def as_tag(value: str) -> str:

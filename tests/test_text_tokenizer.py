@@ -6,7 +6,16 @@ import pytest
 
 from echat import text_tokenizer as tt
 from echat.config import preset
-from echat.tokens import CHATML_SPECIALS, ENDOFTEXT, IM_END, IM_START, THINK_CLOSE, THINK_OPEN, UNKNOWN_PIECE
+from echat.tokens import (
+    CHATML_SPECIALS,
+    ENDOFTEXT,
+    IM_END,
+    IM_START,
+    MINI_LABEL_TAGS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    UNKNOWN_PIECE,
+)
 
 CORPUS = [
     f"{IM_START}user\nHello there, how are you today?{IM_END}\n",
@@ -85,13 +94,20 @@ def test_mini_is_deterministic(mini_tok):
 
 def test_mini_fits_the_mini_llm(mini_tok):
     config = preset("mini")
-    assert len(mini_tok) <= config.text.bpe_vocab_size + 1
+    assert len(mini_tok) <= config.text.bpe_vocab_size + 1 + len(MINI_LABEL_TAGS)
     assert len(mini_tok) <= config.llm.vocab_size
+
+
+def test_mini_spells_every_label_tag_as_one_token(mini_tok):
+    ids = mini_tok("finished my thesis<NEUTRAL><ADULT><MALE>", add_special_tokens=False)["input_ids"]
+    assert mini_tok.convert_ids_to_tokens(ids[-3:]) == ["<NEUTRAL>", "<ADULT>", "<MALE>"]
+    assert all(len(mini_tok(t, add_special_tokens=False)["input_ids"]) == 1 for t in MINI_LABEL_TAGS)
+    assert mini_tok.decode(ids) == "finished my thesis<NEUTRAL><ADULT><MALE>"
 
 
 def test_mini_vocab_size_caps_the_tokenizer():
     tok = tt.build_mini_tokenizer(CORPUS, vocab_size=300)
-    assert len(tok) <= 301
+    assert len(tok) <= 301 + len(MINI_LABEL_TAGS)
     with pytest.raises(ValueError, match="byte alphabet"):
         tt.build_mini_tokenizer(CORPUS, vocab_size=100)
 

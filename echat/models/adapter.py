@@ -21,6 +21,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.config import AdapterConfig
@@ -40,6 +41,7 @@ class AdapterOutput(NamedTuple):
 
     embeddings: Tensor  # (B, T'', output_dim); padded rows are zero
     lengths: Tensor  # (B,) int64
+    token_logits: Tensor | None = None  # (B, T'', V + 1) with output "token_mix": text tokens, then the blank
 
 
 def wenet_sinusoids(length: int, channels: int) -> Tensor:
@@ -140,13 +142,18 @@ class Adapter(nn.Module):
         self.transformer = AdapterTransformer(cfg, cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, output_dim)
         self.output_rms = cfg.output_rms
+        self.output = cfg.output
+        if cfg.output == "token_mix":
+            self.blank = nn.Parameter(torch.zeros(output_dim))  # what the LLM reads where no token is spoken
+            self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # softmax sharpness (learned)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Valid adapter outputs for ``lengths`` encoder frames."""
         return self.downsample.output_lengths(lengths)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> AdapterOutput:
-        """``x`` (B, T, input_dim), ``lengths`` (B,) → ``AdapterOutput`` (B, T'', output_dim)."""
+    def forward(self, x: Tensor, lengths: Tensor, token_table: Tensor | None = None) -> AdapterOutput:
+        """``x`` (B, T, input_dim), ``lengths`` (B,) → ``AdapterOutput`` (B, T'', output_dim).
+        ``token_table`` (V, output_dim): the LLM's input embeddings, needed by output "token_mix"."""
         if x.dim() != 3 or x.size(-1) != self.input_dim:
             raise ValueError(f"Adapter expects (B, T, {self.input_dim}) frames, got {tuple(x.shape)}")
         batch, frames, _ = x.shape
@@ -162,6 +169,30 @@ class Adapter(nn.Module):
         y, out_lengths = self.downsample(x, lengths)  # (B, T'', D)
         mask = valid_mask(out_lengths, y.size(1))  # (B, T'')
         y = self.proj(self.transformer(y, mask))  # (B, T'', output_dim)
+        logits = None
+        if self.output == "clip_norm":
+            y = _normalise_clips(y, mask)
+        elif self.output == "token_mix":
+            y, logits = self._token_mix(y, token_table)
         if self.output_rms:
             y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
-        return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths)
+        return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits)
+
+    def _token_mix(self, y: Tensor, token_table: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Projected frames (B, T'', H) -> mixtures of [token_table; blank] (B, T'', H) and their logits
+        (B, T'', V + 1): scaled cosine similarity between each frame and each embedding."""
+        if token_table is None:
+            raise ValueError("an adapter with output 'token_mix' needs the LLM's token embedding table")
+        table = torch.cat([token_table, self.blank[None]], dim=0)  # (V + 1, H)
+        cosine = F.normalize(y, dim=-1) @ F.normalize(table, dim=-1).T  # (B, T'', V + 1)
+        logits = cosine * self.log_scale.exp()
+        return logits.softmax(-1) @ table, logits
+
+
+def _normalise_clips(y: Tensor, mask: Tensor) -> Tensor:
+    """Remove each clip's mean frame and scale the clip to unit RMS. y: (B, T, H), mask: (B, T) valid."""
+    valid = mask.unsqueeze(-1).to(y.dtype)  # (B, T, 1)
+    count = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+    centred = (y - (y * valid).sum(1, keepdim=True) / count) * valid
+    rms = (centred.pow(2).sum((1, 2), keepdim=True) / (count * y.shape[-1])).sqrt()  # (B, 1, 1)
+    return centred / (rms + 1e-6)

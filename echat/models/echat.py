@@ -24,7 +24,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from echat.config import EChatConfig, LLMConfig
 from echat.models.adapter import Adapter, AdapterOutput
-from echat.models.encoder import SpeechEncoder
+from echat.models.encoder import EncoderOutput, SpeechEncoder
 from echat.models.speech import speech_embedding, speech_head
 from echat.tokens import IGNORE_INDEX, Stream
 
@@ -68,6 +68,7 @@ class EChat(nn.Module):
         self.speech_embedding = speech_embedding(config.speech, hidden)
         self.speech_head = speech_head(config.speech, hidden)
         self.tokenizer = tokenizer
+        self.encoder_cache = None  # an EncoderCache while a trainer keeps the encoder frozen
 
     # -- construction helpers (defined in echat.models.checkpoint, bound here for the public API) --
     @classmethod
@@ -112,8 +113,20 @@ class EChat(nn.Module):
     def encode_clips(self, feats: Tensor, lengths: Tensor) -> AdapterOutput:
         """Log-mel clips (N, T, n_mels) with lengths (N,) -> adapter frames (N, T'', hidden), padded,
         with their valid lengths (N,)."""
-        enc = self.encoder(feats.to(self.dtype), lengths)
-        return self.adapter(enc.hidden, enc.lengths)
+        return self.adapt(self.run_encoder(feats, lengths))
+
+    def adapt(self, enc: EncoderOutput) -> AdapterOutput:
+        """Encoder frames -> the adapter frames the LLM reads (a "token_mix" adapter mixes the LLM's own
+        input embeddings)."""
+        table = self.llm.get_input_embeddings().weight if self.adapter.output == "token_mix" else None
+        return self.adapter(enc.hidden, enc.lengths, table)
+
+    def run_encoder(self, feats: Tensor, lengths: Tensor) -> EncoderOutput:
+        """Encoder frames (N, T', D) of log-mel clips (N, T, n_mels), through the cache when one is set."""
+        feats = feats.to(self.dtype)
+        if self.encoder_cache is not None:
+            return self.encoder_cache(self.encoder, feats, lengths)
+        return self.encoder(feats, lengths)
 
     def encode_audio(self, feats: Tensor, lengths: Tensor) -> Tensor:
         """The valid adapter frames of all clips, concatenated in order: (sum of valid frames, hidden)."""
@@ -143,15 +156,32 @@ class EChat(nn.Module):
         ``clips`` passes the batch's clips already encoded."""
         if clips is None and batch.feats.shape[0]:
             clips = self.encode_clips(batch.feats, batch.feat_lengths)
+        h, targets, _ = self._target_states(batch, clips)
+        out = self._loss(h, targets, speech_out=batch.kind.speech_out)
+        out.audio = clips
+        return out
+
+    def _target_states(self, batch, clips: AdapterOutput | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Last hidden states at the positions that have a target: (N, H), their targets (N,) and the
+        row each belongs to (N,), in row-major order."""
         embeds = self.embed(batch.ids, batch.stream, clips=clips)
         hidden = self.causal_lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                       use_cache=False).last_hidden_state  # (B, L, H)
         targets = batch.labels[:, 1:]  # the token at t+1 is predicted from position t
         has_target = targets != IGNORE_INDEX
-        h = hidden[:, :-1][has_target]  # (N, H): only positions with a target
-        out = self._loss(h, targets[has_target], speech_out=batch.kind.speech_out)
-        out.audio = clips
-        return out
+        rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
+        return hidden[:, :-1][has_target], targets[has_target], rows[has_target]
+
+    @torch.no_grad()
+    def teacher_forced(self, batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Greedy predictions under teacher forcing at every target position of ``batch``:
+        (predicted (N,), target (N,), row (N,)), in the combined text+speech class space."""
+        clips = self.encode_clips(batch.feats, batch.feat_lengths) if batch.feats.shape[0] else None
+        h, targets, rows = self._target_states(batch, clips)
+        logits = self.causal_lm.lm_head(h)  # (N, V_text)
+        if batch.kind.speech_out:
+            logits = torch.cat([logits, self.speech_head(h)], dim=-1)  # (N, V_text + V_speech)
+        return logits.argmax(-1), targets, rows
 
     def _loss(self, h: Tensor, targets: Tensor, speech_out: bool) -> EChatOutput:
         """Cross-entropy over text (+ speech) classes. h: (N, H), targets: (N,) in the combined space."""

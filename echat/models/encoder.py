@@ -21,6 +21,7 @@ Design choices:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from echat.config import EncoderConfig
 
 __all__ = [
+    "EncoderCache",
     "EncoderOutput",
     "FeedForward",
     "SelfAttention",
@@ -248,6 +250,43 @@ class SpeechEncoder(nn.Module):
             x = block(x, mask)  # (B, T', D)
         x = self.after_norm(x).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, T', D)
         return EncoderOutput(x, out_lengths)
+
+
+class EncoderCache:
+    """Encoder outputs per clip, for an encoder that does not train (a frozen Whisper in the mini recipe).
+
+    Why: a frozen encoder gives the same frames for a clip in every epoch, and on CPU it costs more than
+    the rest of a training step; computing each clip once makes a step cost the adapter and the LLM only.
+    Clips are keyed by their exact log-mel (length and bytes), so a changed input is a new entry; the
+    encoder runs in eval mode without gradients. Never use it while the encoder's weights change.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[bytes, Tensor] = {}  # clip key -> (T', D) valid frames
+
+    @staticmethod
+    def key(feats: Tensor) -> bytes:
+        """Key of one clip's valid log-mel (T, n_mels)."""
+        return hashlib.blake2b(feats.detach().cpu().numpy().tobytes(), digest_size=16).digest() + \
+            feats.shape[0].to_bytes(4, "little")
+
+    def __call__(self, encoder: SpeechEncoder, feats: Tensor, lengths: Tensor) -> EncoderOutput:
+        """Like ``encoder(feats, lengths)``: (B, T, n_mels), (B,) -> frames (B, ceil(T/2), D), padded with zeros."""
+        keys = [self.key(feats[i, : int(n)]) for i, n in enumerate(lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self.frames]
+        if missing:
+            was_training = encoder.training
+            encoder.eval()
+            with torch.no_grad():
+                out = encoder(feats[missing, : int(lengths[missing].max())], lengths[missing])
+            encoder.train(was_training)
+            for row, i in enumerate(missing):
+                self.frames[keys[i]] = out.hidden[row, : int(out.lengths[row])].clone()
+        out_lengths = ceil_div(lengths, 2)
+        hidden = feats.new_zeros(len(keys), math.ceil(feats.shape[1] / 2), encoder.after_norm.normalized_shape[0])
+        for i, k in enumerate(keys):
+            hidden[i, : int(out_lengths[i])] = self.frames[k]
+        return EncoderOutput(hidden, out_lengths)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.data.schema import Record
+from echat.models.adapter import AdapterOutput
 from echat.models.echat import EChatOutput
 from echat.tokens import IGNORE_INDEX, LABEL_SETS, canonical_label
 
@@ -60,12 +61,19 @@ def bridge_targets(records: list[Record], tokenizer) -> BridgeTargets | None:
     """Targets for a batch whose rows each hold one clip spoken from ``extra.q_txt``; None otherwise."""
     if not records or any(not r.wav or r.history or not r.extra.get("q_txt") for r in records):
         return None
-    ids = [tokenizer(r.extra["q_txt"], add_special_tokens=False)["input_ids"] for r in records]
+    ids = [tokenizer(r.extra["q_txt"] + cue_tags(r), add_special_tokens=False)["input_ids"] for r in records]
     cues = {name: torch.tensor([_class_index(name, r.extra.get(key)) for r in records])
             for name, key in CUE_FIELDS.items()}
     chars = [[CHARS.index(c) for c in r.extra["q_txt"].lower() if c in CHARS] for r in records]
     return BridgeTargets(_flat(ids), torch.tensor([len(row) for row in ids]), cues,
                          _flat(chars), torch.tensor([len(row) for row in chars]))
+
+
+def cue_tags(record: Record) -> str:
+    """The clip's known cue tags after its transcript in the token targets (emotion, age, gender, event):
+    the frames that spell the words also spell how they were said."""
+    return "".join(canonical_label(name, record.extra[key]) for name, key in CUE_FIELDS.items()
+                   if record.extra.get(key) and canonical_label(name, record.extra[key]) in LABEL_SETS[name])
 
 
 def _flat(rows: list[list[int]]) -> Tensor:
@@ -119,15 +127,52 @@ class BridgeHeads(nn.Module):
         return out
 
 
+def dictation_clips(targets: BridgeTargets, lengths: Tensor, table: Tensor, blank: Tensor) -> AdapterOutput:
+    """Pseudo adapter frames that spell each clip's tokens the way a CTC-trained token-mix adapter does:
+    each target token (words, then cue tags) held for 1-3 frames, with blank frames between and around.
+
+    Why: stage 0 teaches the tiny LLM to read such a prefix ("dictation"), as a real instruction-tuned
+    LLM can repeat what it is given; stage 1 then only has to make the adapter spell the audio.
+    targets: tokens of N clips; lengths (N,) adapter frames per clip; table (V, H); blank (H,).
+    Returns frames (N, max(lengths), H) and lengths; a clip with more tokens than frames gets its first
+    ``length`` tokens, one frame each."""
+    frames = table.new_zeros(len(lengths), int(lengths.max()), table.shape[1])
+    frames[:] = blank
+    starts = torch.cumsum(targets.token_lengths, 0) - targets.token_lengths
+    for i, (start, count, length) in enumerate(zip(starts.tolist(), targets.token_lengths.tolist(),
+                                                   lengths.tolist(), strict=True)):
+        tokens = targets.tokens[start:start + min(count, length)]
+        holds = torch.randint(1, 4, (len(tokens),))
+        while int(holds.sum()) > length and int(holds.max()) > 1:
+            holds = holds.clamp(max=int(holds.max()) - 1)
+        spare = length - int(holds.sum())
+        gaps = torch.multinomial(torch.ones(len(tokens) + 1), spare, replacement=True).bincount(
+            minlength=len(tokens) + 1) if spare > 0 else torch.zeros(len(tokens) + 1, dtype=torch.long)
+        position = int(gaps[0])
+        for token, hold, gap in zip(tokens.tolist(), holds.tolist(), gaps[1:].tolist(), strict=True):
+            frames[i, position:position + hold] = table[token]
+            position += hold + gap
+    return AdapterOutput(frames, lengths)
+
+
+def token_ctc_loss(logits: Tensor, lengths: Tensor, targets: BridgeTargets) -> Tensor:
+    """CTC of adapter logits (N, T, V + 1) over the text tokens (blank last) against the spoken tokens
+    and cue tags of :class:`BridgeTargets`; mean per target token."""
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, V + 1)
+    return F.ctc_loss(log_probs, targets.tokens, lengths, targets.token_lengths, blank=logits.shape[-1] - 1,
+                      zero_infinity=True)
+
+
 class BridgedModel(nn.Module):
     """EChat plus its bridge heads; ``forward(batch, targets)`` adds ``weight`` x the auxiliary losses."""
 
-    def __init__(self, echat: nn.Module, weight: float, token_ctc: bool = True):
+    def __init__(self, echat: nn.Module, weight: float, token_ctc: bool = True, dictation: bool = False):
         super().__init__()
         self.echat = echat
         self.heads = BridgeHeads(echat.config.encoder.d_model, echat.config.llm.hidden_size)
         self.weight = weight
         self.token_ctc = token_ctc
+        self.dictation = dictation  # stage 0: the LLM reads dictation_clips instead of the audio
 
     @property
     def config(self):
@@ -140,8 +185,14 @@ class BridgedModel(nn.Module):
             if bridge_only:
                 raise ValueError(f"a bridge-only step needs clips with transcripts (batch {batch.keys[:3]})")
             return self.echat(batch)
-        enc = self.echat.encoder(batch.feats.to(self.echat.dtype), batch.feat_lengths)
-        clips = self.echat.adapter(enc.hidden, enc.lengths)
+        if self.dictation:
+            lengths = self.echat.adapter.output_lengths(self.echat.encoder.output_lengths(batch.feat_lengths))
+            blank = getattr(self.echat.adapter, "blank", None)
+            table = self.echat.llm.get_input_embeddings().weight
+            return self.echat(batch, clips=dictation_clips(targets, lengths, table,
+                                                           blank if blank is not None else table.new_zeros(())))
+        enc = self.echat.run_encoder(batch.feats, batch.feat_lengths)
+        clips = self.echat.adapt(enc)
         if bridge_only:
             zero = torch.zeros((), device=batch.feats.device)
             out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)
@@ -149,7 +200,9 @@ class BridgedModel(nn.Module):
             out = self.echat(batch, clips=clips)
         out.aux = {"char_ctc": self.heads.char_ctc_loss(enc.hidden, enc.lengths, targets),
                    **self.heads.cue_losses(enc.hidden, enc.lengths, targets)}
-        if self.token_ctc:
+        if self.token_ctc and clips.token_logits is not None:  # a token-mix adapter's own mixing weights
+            out.aux["token_ctc"] = token_ctc_loss(clips.token_logits, clips.lengths, targets)
+        elif self.token_ctc:
             table = self.echat.llm.get_input_embeddings().weight.detach()  # the adapter moves, not the LLM
             out.aux["token_ctc"] = self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets)
         out.loss = out.loss + self.weight * sum(out.aux.values())
@@ -179,7 +232,7 @@ def probe(model, heads: BridgeHeads, samples) -> dict:
     for batch in DataPipeline(model.config, model.tokenizer, train=False).batches(samples):
         records = [by_key[k] for k in batch.keys]
         targets = bridge_targets(records, model.tokenizer)
-        enc = model.encoder(batch.feats, batch.feat_lengths)
+        enc = model.run_encoder(batch.feats, batch.feat_lengths)
         ids = heads.chars(enc.hidden).argmax(-1)  # (N, T)
         refs += [r.extra["q_txt"] for r in records]
         hyps += [_ctc_collapse(row[:n].tolist()) for row, n in zip(ids, enc.lengths, strict=True)]

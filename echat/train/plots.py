@@ -36,3 +36,42 @@ def plot_history(history: list[dict], path: str | Path, title: str = "", smooth:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def plot_hearing(report: dict, path: str | Path) -> None:
+    """Bars per clip set (train / seen / unseen) of the hearing test: the first answer token and the ASR+P
+    tags under teacher forcing, each beside the accuracy of the most common guess (a deaf model's score)."""
+    from matplotlib.figure import Figure
+
+    sets = report["sets"]
+    bars = (("asr_first_token", "ASR first token"), ("asr_first_token_guess", "its guess"),
+            ("asrp_tags", "ASR+P tags"), ("asrp_tags_guess", "their guess"))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        values = [sets[name].get(key) or 0.0 for name in sets]
+        ax.bar(np.arange(len(sets)) + (i - (len(bars) - 1) / 2) * width, values, width, label=label,
+               hatch="//" if "guess" in key else None, alpha=0.6 if "guess" in key else 1.0)
+    ax.set_xticks(np.arange(len(sets)), [f"{name} ({sets[name]['clips']})" for name in sets])
+    ax.set(ylim=(0, 1), ylabel="teacher-forced accuracy", title="hearing test: does the LLM read its audio?")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def plot_hearing_history(history: list[dict], path: str | Path) -> None:
+    """First-answer-token accuracy (LLM path) and the encoder's probe CER over the steps of a stage."""
+    from matplotlib.figure import Figure
+
+    points = [r for r in history if "hearing_first_token" in r]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    steps = [r["step"] for r in points]
+    ax.plot(steps, [r["hearing_first_token"] for r in points], "o-", label="first answer token (LLM path)")
+    if any("probe_cer" in r for r in points):
+        ax.plot(steps, [r.get("probe_cer", np.nan) for r in points], "s--", label="encoder probe CER")
+    ax.set(xlabel="optimizer step", ylim=(0, 1), title="hearing during training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)

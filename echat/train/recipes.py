@@ -58,6 +58,7 @@ class StageRecipe:
     lora: bool = False
     bridge: float = 0.0  # weight of the auxiliary CTC + cue losses (echat.train.bridge); 0 = off
     token_ctc: bool = True  # with the bridge: also the adapter's token CTC through the LLM's embeddings
+    dictation: bool = False  # clips are read as dictation_clips (spelled tokens), not through the encoder
     epoch_size: int = 512  # records drawn per epoch (then batched)
 
     @property
@@ -95,21 +96,28 @@ def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
 
 
 UNDERSTANDING_MIX = (("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0))
+# Stage 0: language modelling of the corpus text, and dictation (the understanding tasks answered from
+# spelled-out token frames, see echat.train.bridge.dictation_clips).
+TEXT_MIX = (("text_lm", 2.0), *UNDERSTANDING_MIX)
+TEXT_STEPS = 500
+UNDERSTANDING_STEPS = 300
+UNDERSTANDING_LLM_LR = 0.0
+UNDERSTANDING_TOKEN_CTC = True
 
 
 def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
     return (
-        StageRecipe("text", (Phase((("text_lm", 1.0),), steps(300)),), _lr(llm=1.0), lr=2e-3),
-        StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(300), bridge_only=True),
-                                      Phase(UNDERSTANDING_MIX, steps(600))),
-                    _lr(encoder=1.0, adapter=1.0, llm=0.3), lr=1e-3, bridge=1.0),
+        StageRecipe("text", (Phase(TEXT_MIX, steps(TEXT_STEPS)),), _lr(llm=1.0), lr=2e-3, dictation=True),
+        StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(400), bridge_only=True),
+                                      Phase(UNDERSTANDING_MIX, steps(UNDERSTANDING_STEPS))),
+                    _lr(adapter=1.0, llm=UNDERSTANDING_LLM_LR), lr=3e-3, bridge=1.0, token_ctc=UNDERSTANDING_TOKEN_CTC),
         StageRecipe("generation", (Phase((("tts", 1.0),), steps(300)),
                                    Phase((("s2s", 2.0), ("s2t", 1.0), ("tts", 1.0), ("t2t", 0.5),
                                           ("s2s_history", 0.3)), steps(300))),
                     _lr(adapter=1.0, llm=1.0, speech_embedding=1.0, speech_head=1.0), lr=1e-3),
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
                                       steps(300)),),
-                    _lr(encoder=0.3, adapter=1.0, llm=1.0, speech_embedding=1.0, speech_head=1.0),
+                    _lr(adapter=1.0, llm=1.0, speech_embedding=1.0, speech_head=1.0),
                     lr=5e-4, think=think),
     )
 

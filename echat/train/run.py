@@ -51,12 +51,26 @@ def _model(preset: str, corpus: Path, init: str | Path | None):
             raise TrainingError(f"{init} holds a {model.config.name} model, not {preset}")
     else:
         model = EChat.from_preset(preset, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
+        init_encoder(model)
     info = json.loads((corpus / "corpus.json").read_text()) if (corpus / "corpus.json").exists() else {}
     size = info.get("codebook_size", model.config.speech.codebook_size)
     if size != model.config.speech.codebook_size:
         raise TrainingError(f"{corpus} has {size} speech codes but preset {preset} expects "
                             f"{model.config.speech.codebook_size}")
     return model
+
+
+def init_encoder(model) -> None:
+    """Load the pre-trained weights a fresh model's encoder starts from (``config.encoder.init``)."""
+    source = model.config.encoder.init
+    if not source:
+        return
+    if source != "whisper-base":
+        raise TrainingError(f"unknown encoder.init {source!r}; choose '' or 'whisper-base'")
+    from echat.eval.asr import whisper_base_encoder_state
+    from echat.models.encoder import load_whisper_encoder
+
+    load_whisper_encoder(model.encoder, whisper_base_encoder_state())
 
 
 def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset: str, init=None,

@@ -36,7 +36,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from echat.data.pipeline import DataPipeline, Sample
+from echat.eval.hearing import distinct_clips
 from echat.models.checkpoint import LATEST
+from echat.models.encoder import EncoderCache
 from echat.train.bridge import BridgedModel, bridge_targets
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import set_trainable
@@ -111,8 +113,11 @@ class Trainer:
                                               kwargs_handlers=[DistributedDataParallelKwargs(
                                                   find_unused_parameters=True)])
         self.tokenizer = model.tokenizer
-        if recipe.bridge:
-            model = self.model = BridgedModel(model, recipe.bridge, recipe.token_ctc)
+        if not dict(recipe.module_lr).get("encoder"):  # a frozen encoder: each clip is encoded once
+            model.encoder_cache = EncoderCache()
+        self.hearing_clips = distinct_clips(dev or [])[:16]  # stage 1 logs whether the LLM path hears them
+        if recipe.bridge or recipe.dictation:
+            model = self.model = BridgedModel(model, recipe.bridge, recipe.token_ctc, recipe.dictation)
         self.optimizer = build_optimizer(self.bare_model(model), recipe, self.config,
                                          model.heads if recipe.bridge else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe))
@@ -181,6 +186,7 @@ class Trainer:
             bar.close()
         self.save()
         self.plot()
+        self.bare_model().encoder_cache = None
         return self.state
 
     def _train_step(self, batch) -> dict | None:
@@ -209,8 +215,10 @@ class Trainer:
 
     def _aux_targets(self, batch) -> tuple:
         """The bridge targets of ``batch`` as extra forward arguments (none without a bridge)."""
-        if not self.recipe.bridge:
+        if not (self.recipe.bridge or self.recipe.dictation):
             return ()
+        if not batch.feats.shape[0]:  # text-only rows (stage 0's language modelling): nothing to bridge
+            return None, False
         targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer)
         bridge_only = self.recipe.phases[self.state.phase].bridge_only
         return targets.to(self.acc.device) if targets is not None else None, bridge_only
@@ -256,12 +264,32 @@ class Trainer:
             shown.append({"key": sample.record.key, "ref": sample.record.txt[:120], "hyp": result.raw_text[:120],
                           "speech_tokens": len(result.speech_tokens)})
         record["decodes"] = shown
+        if self.recipe.name == "understanding" and self.hearing_clips:
+            record.update(self._hearing(model))
         self._log(record)
         if self.acc.is_main_process and self.progress:
             tqdm.write(f"[{self.recipe.name} step {self.state.step}] dev loss {record['dev_loss']}")
             for d in shown:
                 tqdm.write(f"  {d['key']}: {d['hyp']!r} (ref {d['ref']!r})")
+            if "hearing_first_token" in record:
+                tqdm.write(f"  hearing: first answer token {record['hearing_first_token']:.3f}"
+                           + (f", encoder probe CER {record['probe_cer']:.3f}" if "probe_cer" in record else ""))
         return record
+
+    def _hearing(self, model) -> dict:
+        """Stage 1's hearing figures on fixed dev clips: the LLM path's teacher-forced first answer token
+        (ASR) and, with bridge heads, the encoder's character-CTC probe CER."""
+        from echat.eval.hearing import first_token_accuracy
+
+        out = {"hearing_first_token": first_token_accuracy(model, self.hearing_clips)}
+        if self.recipe.bridge:
+            from echat.train.bridge import probe
+
+            heads = self.acc.unwrap_model(self.model).heads
+            heads.eval()
+            out["probe_cer"] = probe(model, heads, self.hearing_clips)["char_cer"]
+            heads.train()
+        return out
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> Path:
@@ -323,9 +351,11 @@ class Trainer:
         """``loss.png``: training loss per task and dev loss over steps."""
         if not self.acc.is_main_process:
             return
-        from echat.train.plots import plot_history
+        from echat.train.plots import plot_hearing_history, plot_history
 
         plot_history(self.state.history, self.out / "loss.png", title=f"stage {self.recipe.name}")
+        if any("hearing_first_token" in r for r in self.state.history):
+            plot_hearing_history(self.state.history, self.out / "hearing.png")
 
 
 def _numpy_rng() -> tuple:

@@ -1,0 +1,253 @@
+"""The hearing test: does the LLM path read its audio, or recite its text prior?
+
+Why: training loss and all-token accuracy hide a deaf model — once the first answer token is chosen,
+a tiny LLM recites a memorised sentence almost perfectly. The honest figures (see
+``../shared/reference/hearing_notes.md``) are measured on fixed clips:
+
+- **first-answer-token accuracy** under teacher forcing, next to the **most-common guess** (always
+  answering the first token that is most common among the training clips of the set): a model that
+  hears beats the guess by far, a deaf one equals it;
+- **tag accuracy** of the ASR+P task (teacher-forced accuracy on the label-tag tokens after the
+  transcript) next to its guess (the most common token at each tag position in the training clips);
+- all-token accuracy; greedy CER of the transcripts and the number of distinct greedy outputs
+  (a deaf model answers few distinct training sentences);
+- the cosine between the mean adapter frames of different clips (near 1: one shared vector
+  dominates what the LLM reads).
+
+Sets (fixed, manifest order): ``train`` (the first ``size`` distinct training clips), ``seen`` and
+``unseen`` (the first ``size`` clips of each test subset). Tasks: ASR (``<TRANSCRIBE>``) and one ASR+P
+task (:data:`ASRP_TASK`), whose label is built from the clip's own labels exactly as the corpus does
+(transcript, then the tags in task order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from echat.config import GenerationOptions
+from echat.data.pipeline import DataPipeline, Sample
+from echat.eval.metrics import cer, split_asr_output
+from echat.tokens import TRANSCRIBE, canonical_label
+
+ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
+ASRP_FIELDS = (("emotion", "q_emotion"), ("age", "age"), ("gender", "gender"))  # task order
+SETS = ("train", "seen", "unseen")
+GREEDY_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=64)
+
+
+def is_labelled_clip(sample: Sample) -> bool:
+    """A single-turn user clip with its transcript and every ASR+P label."""
+    extra = sample.record.extra
+    return (sample.audio is not None and not sample.record.history and bool(extra.get("q_txt"))
+            and all(extra.get(key) for _, key in ASRP_FIELDS))
+
+
+def distinct_clips(samples: list[Sample]) -> list[Sample]:
+    """One labelled sample per distinct clip, in manifest order."""
+    seen, out = set(), []
+    for sample in samples:
+        if is_labelled_clip(sample) and sample.record.wav not in seen:
+            seen.add(sample.record.wav)
+            out.append(sample)
+    return out
+
+
+def hearing_sets(train: list[Sample], test: list[Sample], size: int = 32) -> dict[str, list[Sample]]:
+    """The fixed clip sets: the first ``size`` training clips, and the first ``size`` of each test subset."""
+    sets = {"train": distinct_clips(train)[:size]}
+    for sample in distinct_clips(test):
+        subset = sample.record.extra.get("subset") or "test"
+        if len(sets.setdefault(subset, [])) < size:
+            sets[subset].append(sample)
+    return sets
+
+
+def as_task(sample: Sample, task: str) -> Sample:
+    """The clip as a record of ``task``: ASR answers the transcript, ASR+P the transcript then the tags."""
+    extra = sample.record.extra
+    txt = extra["q_txt"]
+    if task == ASRP_TASK:
+        txt += "".join(canonical_label(name, extra[key]) for name, key in ASRP_FIELDS)
+    record = dataclasses.replace(sample.record, key=f"{sample.record.key}|{task}", task=task, txt=txt)
+    return Sample(record, sample.audio, [])
+
+
+@dataclasses.dataclass
+class ForcedAnswers:
+    """Teacher-forced greedy predictions per clip: the answer's tokens, predicted and true."""
+
+    predicted: list[list[int]]
+    target: list[list[int]]
+
+    def first_token_accuracy(self) -> float:
+        return _mean([p[0] == t[0] for p, t in zip(self.predicted, self.target, strict=True)])
+
+    def all_token_accuracy(self) -> float:
+        return _mean([a == b for p, t in zip(self.predicted, self.target, strict=True) for a, b in zip(p, t)])
+
+    def tail_accuracy(self, n: int) -> float:
+        """Accuracy on the ``n`` answer tokens before the closing ``<|im_end|>`` (the tags of ASR+P)."""
+        return _mean([a == b for p, t in zip(self.predicted, self.target, strict=True)
+                      for a, b in zip(p[-n - 1:-1], t[-n - 1:-1])])
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def teacher_forced(model, samples: list[Sample]) -> ForcedAnswers:
+    """Teacher-forced predictions of every answer token of ``samples`` (batched, no augmentation)."""
+    by_key: dict[str, tuple[list[int], list[int]]] = {}
+    pipe = DataPipeline(model.config, model.tokenizer, train=False)
+    for batch in pipe.batches(samples):
+        predicted, target, rows = (t.tolist() for t in model.teacher_forced(batch.to(model.device)))
+        for row, key in enumerate(batch.keys):
+            picked = [i for i, r in enumerate(rows) if r == row]
+            by_key[key] = ([predicted[i] for i in picked], [target[i] for i in picked])
+    keys = [s.record.key for s in samples]
+    return ForcedAnswers([by_key[k][0] for k in keys], [by_key[k][1] for k in keys])
+
+
+def guess_accuracy(reference: ForcedAnswers, answers: ForcedAnswers, positions: slice) -> float:
+    """Accuracy of always guessing, at each answer position of ``positions``, the token most common
+    there in ``reference`` (the training clips)."""
+    offsets = range(len(reference.target[0]))[positions] if reference.target else []
+    hits = []
+    for offset in offsets:
+        common = Counter(t[offset] for t in reference.target if len(t) > abs(offset)).most_common(1)
+        guess = common[0][0] if common else None
+        hits += [t[offset] == guess for t in answers.target if len(t) > abs(offset)]
+    return _mean(hits)
+
+
+def tag_tokens(model) -> int:
+    """Tokens of the ASR+P tags after the transcript (the same for every clip when each tag is one token;
+    otherwise the count of the first clip's tags, a spelling the tokenizer splits)."""
+    example = "".join(("<NEUTRAL>", "<ADULT>", "<MALE>"))
+    return len(model.tokenizer(example, add_special_tokens=False)["input_ids"])
+
+
+@torch.no_grad()
+def greedy_transcripts(model, samples: list[Sample]) -> list[str]:
+    """Greedy ASR transcripts of the clips (any tags dropped)."""
+    from echat.models.generate import generate
+
+    return [split_asr_output(generate(model, s.audio, task=TRANSCRIBE, options=GREEDY_OPTIONS).raw_text)[0]
+            for s in samples]
+
+
+@torch.no_grad()
+def frame_cosine(model, samples: list[Sample]) -> float:
+    """Mean cosine between the mean adapter frames of different clips (1.0: the LLM reads one vector)."""
+    from echat.audio import log_mel_batch
+    from echat.train.bridge import mean_frame
+
+    feats, lengths = log_mel_batch([s.audio for s in samples])
+    clips = model.encode_clips(feats.to(model.device), lengths.to(model.device))
+    means = torch.nn.functional.normalize(mean_frame(clips.embeddings, clips.lengths).float(), dim=-1)  # (N, H)
+    cosine = means @ means.T  # (N, N)
+    n = cosine.shape[0]
+    return float((cosine.sum() - cosine.diagonal().sum()) / max(1, n * (n - 1)))
+
+
+def first_token_accuracy(model, samples: list[Sample], task: str = TRANSCRIBE) -> float:
+    """Teacher-forced first-answer-token accuracy of ``task`` on the clips (logged during stage 1)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return teacher_forced(model, [as_task(s, task) for s in samples]).first_token_accuracy()
+    finally:
+        model.train(was_training)
+
+
+def hearing_report(model, sets: dict[str, list[Sample]], heads=None, greedy: bool = True) -> dict:
+    """Every hearing figure for every set (see the module docstring); ``heads``: the run's bridge heads,
+    for the encoder's probe CER beside the LLM path's figures."""
+    model.eval()
+    n_tags = tag_tokens(model)
+    reference = {task: teacher_forced(model, [as_task(s, task) for s in sets["train"]])
+                 for task in (TRANSCRIBE, ASRP_TASK)}
+    report = {"tasks": {"asr": TRANSCRIBE, "asrp": ASRP_TASK}, "tag_tokens": n_tags, "sets": {}}
+    for name, samples in sets.items():
+        asr = reference[TRANSCRIBE] if name == "train" else teacher_forced(model, [as_task(s, TRANSCRIBE) for s in samples])
+        asrp = reference[ASRP_TASK] if name == "train" else teacher_forced(model, [as_task(s, ASRP_TASK) for s in samples])
+        row = {"clips": len(samples),
+               "asr_first_token": asr.first_token_accuracy(),
+               "asr_first_token_guess": guess_accuracy(reference[TRANSCRIBE], asr, slice(0, 1)),
+               "asr_all_tokens": asr.all_token_accuracy(),
+               "asrp_first_token": asrp.first_token_accuracy(),
+               "asrp_tags": asrp.tail_accuracy(n_tags),
+               "asrp_tags_guess": guess_accuracy(reference[ASRP_TASK], asrp, slice(-n_tags - 1, -1)),
+               "asrp_all_tokens": asrp.all_token_accuracy(),
+               "frame_cosine": frame_cosine(model, samples)}
+        if greedy:
+            hyps = greedy_transcripts(model, samples)
+            row.update(greedy_cer=cer([s.record.extra["q_txt"] for s in samples], hyps),
+                       distinct_outputs=len(set(hyps)), examples=hyps[:3])
+        if heads is not None:
+            from echat.train.bridge import probe
+
+            probed = probe(model, heads, samples)
+            row.update(probe_cer=probed["char_cer"],
+                       **{f"probe_{k}": v for k, v in probed.items() if k.endswith("_accuracy")})
+        report["sets"][name] = row
+    return report
+
+
+def hearing_run(run: str | Path, corpus: str | Path, size: int = 32, greedy: bool = True) -> dict:
+    """:func:`hearing_report` of a run's newest checkpoint on ``corpus`` (train and test splits), with
+    the encoder probe when the run trained bridge heads."""
+    from echat.eval.stage_eval import load_model
+    from echat.train.run import load_split
+
+    model = load_model(run)
+    heads = _heads(run, model.config)
+    sets = hearing_sets(load_split(corpus, "train", model.config), load_split(corpus, "test", model.config), size)
+    report = hearing_report(model, sets, heads, greedy)
+    report["run"] = str(run)
+    return report
+
+
+def _heads(run, config):
+    from echat.train.bridge import load_heads
+    from echat.train.trainer import latest_trainer_checkpoint
+
+    try:
+        return load_heads(latest_trainer_checkpoint(run), config)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+ROWS = ("clips", "asr_first_token", "asr_first_token_guess", "asr_all_tokens", "asrp_first_token", "asrp_tags",
+        "asrp_tags_guess", "asrp_all_tokens", "greedy_cer", "distinct_outputs", "frame_cosine", "probe_cer",
+        "probe_gender_accuracy", "probe_age_accuracy", "probe_emotion_accuracy", "probe_event_accuracy")
+
+
+def render_hearing(report: dict) -> str:
+    """The report as a table: one row per figure, one column per set."""
+    from echat.eval.stage_eval import format_cell
+
+    sets = report["sets"]
+    lines = [f"hearing test ({report.get('run', 'model')}): ASR {report['tasks']['asr']}, "
+             f"ASR+P {report['tasks']['asrp']}", f"{'':24}" + "".join(f"{name:>10}" for name in sets)]
+    for row in ROWS:
+        if any(row in s for s in sets.values()):
+            lines.append(f"{row:24}" + "".join(f"{format_cell(s.get(row)):>10}" for s in sets.values()))
+    return "\n".join(lines)
+
+
+def save_hearing(report: dict, out_dir: str | Path) -> list[Path]:
+    """``hearing.json`` and ``hearing.png`` (bars per set: first token and tags against their guesses)."""
+    from echat.train.plots import plot_hearing
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hearing.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot_hearing(report, out / "hearing.png")
+    return [out / "hearing.json", out / "hearing.png"]

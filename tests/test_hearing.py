@@ -1,0 +1,105 @@
+"""The hearing test: the LLM path must read its audio.
+
+A smoke-size adapter + LLM on the mini world's encoder (Whisper base, pre-trained and frozen) trains on
+16 clips of the smoke corpus through the real trainer, then must answer them from their audio: first
+answer token (teacher forced) at least 0.95 and greedy CER at most 0.05. A deaf model — one whose
+answers do not depend on the audio, as stage 1 had with an encoder trained from scratch — stays at the
+most common guess and recites training sentences, and fails. The report and the CLI are checked too.
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from echat.config import preset, whisper_base_encoder
+from echat.eval.hearing import (
+    ASRP_TASK,
+    as_task,
+    distinct_clips,
+    hearing_report,
+    hearing_sets,
+    render_hearing,
+    save_hearing,
+    tag_tokens,
+)
+from echat.models.echat import EChat
+from echat.train.recipes import Phase, StageRecipe, _lr
+from echat.train.run import init_encoder, load_split
+from echat.train.trainer import Trainer
+
+CLIPS = 16
+STEPS = 120
+
+
+def hearing_config():
+    """The smoke preset on the mini world's encoder and bridge (Whisper base, frozen; a token-mix adapter),
+    with an LLM big enough to hold 16 sentences."""
+    config = preset("smoke")
+    config.encoder = whisper_base_encoder()
+    config.adapter.output = preset("mini").adapter.output
+    config.llm.hidden_size, config.llm.intermediate_size, config.llm.n_layers = 64, 128, 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(smoke_corpus, tmp_path_factory):
+    """Stage 0 (dictation: the LLM learns to read spelled tokens), then stage 1 (the adapter learns to
+    spell the audio for the frozen LLM), both on the same 16 clips through the real trainer."""
+    from echat.text_tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    model = EChat(hearing_config(), load_tokenizer(smoke_corpus / "text_tokenizer"))
+    init_encoder(model)
+    clips = distinct_clips(load_split(smoke_corpus, "train", model.config))[:CLIPS]
+    assert len(clips) == CLIPS
+    samples = [as_task(c, "<TRANSCRIBE>") for c in clips]
+    asr = (("asr", 1.0),)
+    stages = (StageRecipe("text", (Phase(asr, STEPS),), _lr(llm=1.0), lr=3e-3, warmup_steps=10, epoch_size=CLIPS,
+                          dictation=True),
+              StageRecipe("understanding", (Phase(asr, STEPS, bridge_only=True), Phase(asr, STEPS)),
+                          _lr(adapter=1.0), lr=3e-3, warmup_steps=10, epoch_size=CLIPS, bridge=1.0))
+    out = tmp_path_factory.mktemp("hearing")
+    for recipe in stages:
+        Trainer(model, recipe, samples, out / recipe.name, eval_every=0, save_every=0, progress=False).fit()
+    return model.eval(), clips, out
+
+
+def test_the_llm_path_answers_its_clips_from_their_audio(trained):
+    model, clips, _ = trained
+    report = hearing_report(model, {"train": clips})
+    row = report["sets"]["train"]
+    assert row["asr_first_token"] >= 0.95, render_hearing(report)
+    assert row["asr_first_token"] > row["asr_first_token_guess"] + 0.5
+    assert row["greedy_cer"] <= 0.05, render_hearing(report)
+    assert row["distinct_outputs"] >= CLIPS - 1
+
+
+def test_the_answers_change_when_the_audio_does(trained):
+    model, clips, _ = trained
+    swapped = [dataclasses.replace(c, audio=clips[(i + 1) % CLIPS].audio) for i, c in enumerate(clips)]
+    row = hearing_report(model, {"train": clips[:1], "swapped": swapped}, greedy=False)["sets"]["swapped"]
+    assert row["asr_first_token"] < 0.5  # each clip now carries another clip's sentence
+
+
+def test_report_sets_are_fixed_and_written(trained, smoke_corpus):
+    model, _, out = trained
+    train = load_split(smoke_corpus, "train", model.config)
+    test = load_split(smoke_corpus, "test", model.config)
+    sets = hearing_sets(train, test, size=4)
+    assert [s.record.key for s in sets["train"]] == [s.record.key for s in hearing_sets(train, test, 4)["train"]]
+    assert set(sets) >= {"train", "seen", "unseen"} and all(len(v) <= 4 for v in sets.values())
+    report = hearing_report(model, sets, greedy=False)
+    written = save_hearing(report, out / "eval")
+    assert json.loads(written[0].read_text())["sets"]["seen"]["clips"] == len(sets["seen"])
+    assert written[1].stat().st_size > 1000
+    assert "asr_first_token" in render_hearing(report)
+
+
+def test_asrp_label_is_the_transcript_then_one_token_per_tag(trained):
+    model, clips, _ = trained
+    record = as_task(clips[0], ASRP_TASK).record
+    extra = clips[0].record.extra
+    assert record.txt.startswith(extra["q_txt"]) and record.txt.endswith(extra["gender"])
+    assert tag_tokens(model) == 3
