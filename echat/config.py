@@ -75,8 +75,10 @@ class AdapterConfig:
     # convex combination of the LLM's own input token embeddings and a learned blank vector, weighted by
     # a softmax over their similarity to the projected frame: frames in the LLM's embedding space by
     # construction, as in the C-Gate and LegoSLM bridges; the weights' logits take a CTC over the text
-    # vocabulary in stage 1). See docs/hearing.md for what each measured.
-    output: Literal["linear", "clip_norm", "token_mix"] = "linear"
+    # vocabulary in stage 1), or "token_pack" (the token mix with the blank read as zeros and the
+    # greedy CTC path collapsed to the front of each clip, see adapter.pack_tokens). See docs/hearing.md
+    # for what each measured.
+    output: Literal["linear", "clip_norm", "token_mix", "token_pack"] = "linear"
 
     @property
     def downsample_rate(self) -> int:

@@ -347,7 +347,8 @@ class DataPipeline:
             return None
         return example
 
-    def batches(self, samples: Iterable[Sample], epoch: int = 0) -> Iterator[Batch]:
+    def batches(self, samples: Iterable[Sample], epoch: int = 0, scale: float = 1.0) -> Iterator[Batch]:
+        """Dynamic batches within the config's token and frame limits, both multiplied by ``scale``."""
         train = self.config.train
-        yield from dynamic_batches(self.examples(samples, epoch), train.max_tokens_in_batch,
-                                   train.max_frames_in_batch, self.encoder.ids.pad)
+        yield from dynamic_batches(self.examples(samples, epoch), round(train.max_tokens_in_batch * scale),
+                                   round(train.max_frames_in_batch * scale), self.encoder.ids.pad)

@@ -12,7 +12,10 @@ a tiny LLM recites a memorised sentence almost perfectly. The honest figures (se
 - all-token accuracy; greedy CER of the transcripts and the number of distinct greedy outputs
   (a deaf model answers few distinct training sentences);
 - the cosine between the mean adapter frames of different clips (near 1: one shared vector
-  dominates what the LLM reads).
+  dominates what the LLM reads);
+- for a token adapter, the two links apart: the adapter's **spelling CER** (its mixing weights read as
+  text against transcript + tags: does the adapter hear?) and the LLM's first-token accuracy on exact
+  **dictation** frames of the transcript (can the LLM copy what it is shown?).
 
 Sets (fixed, manifest order): ``train`` (the first ``size`` distinct training clips), ``seen`` and
 ``unseen`` (the first ``size`` clips of each test subset). Tasks: ASR (``<TRANSCRIBE>``) and one ASR+P
@@ -32,6 +35,7 @@ import torch
 from echat.config import GenerationOptions
 from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.metrics import cer, split_asr_output
+from echat.models.adapter import TOKEN_OUTPUTS
 from echat.tokens import TRANSCRIBE, canonical_label
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
@@ -101,12 +105,22 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def teacher_forced(model, samples: list[Sample]) -> ForcedAnswers:
-    """Teacher-forced predictions of every answer token of ``samples`` (batched, no augmentation)."""
+def teacher_forced(model, samples: list[Sample], dictated: bool = False) -> ForcedAnswers:
+    """Teacher-forced predictions of every answer token of ``samples`` (batched, no augmentation).
+    ``dictated``: the LLM reads exact dictation frames of each clip's transcript and tags
+    (:func:`echat.train.bridge.dictation_for`) instead of the audio — can it copy what it is shown?"""
+    from echat.train.bridge import bridge_targets, dictation_for
+
     by_key: dict[str, tuple[list[int], list[int]]] = {}
+    records = {s.record.key: s.record for s in samples}
     pipe = DataPipeline(model.config, model.tokenizer, train=False)
     for batch in pipe.batches(samples):
-        predicted, target, rows = (t.tolist() for t in model.teacher_forced(batch.to(model.device)))
+        batch = batch.to(model.device)
+        clips = None
+        if dictated:
+            targets = bridge_targets([records[k] for k in batch.keys], model.tokenizer).to(model.device)
+            clips = dictation_for(model, batch.feat_lengths, targets)
+        predicted, target, rows = (t.tolist() for t in model.teacher_forced(batch, clips))
         for row, key in enumerate(batch.keys):
             picked = [i for i, r in enumerate(rows) if r == row]
             by_key[key] = ([predicted[i] for i in picked], [target[i] for i in picked])
@@ -156,6 +170,27 @@ def frame_cosine(model, samples: list[Sample]) -> float:
     return float((cosine.sum() - cosine.diagonal().sum()) / max(1, n * (n - 1)))
 
 
+@torch.no_grad()
+def adapter_spelling_cer(model, samples: list[Sample]) -> float | None:
+    """CER of what a token adapter shows the LLM, read as text (the greedy path of its mixing logits,
+    repeats merged, blanks dropped) against the transcript and cue tags; None for other adapters."""
+    from echat.train.bridge import cue_tags
+
+    if model.adapter.output not in TOKEN_OUTPUTS:
+        return None
+    refs, hyps = [], []
+    records = {s.record.key: s.record for s in samples}
+    for batch in DataPipeline(model.config, model.tokenizer, train=False).batches(samples):
+        clips = model.encode_clips(batch.feats.to(model.device), batch.feat_lengths.to(model.device))
+        blank = clips.token_logits.shape[-1] - 1
+        for ids, n, key in zip(clips.token_logits.argmax(-1).tolist(), clips.lengths.tolist(), batch.keys,
+                               strict=True):
+            path = [i for t, i in enumerate(ids[:n]) if i != blank and (t == 0 or i != ids[t - 1])]
+            hyps.append(model.tokenizer.decode(path))
+            refs.append(records[key].extra["q_txt"] + cue_tags(records[key]))
+    return cer(refs, hyps)
+
+
 def first_token_accuracy(model, samples: list[Sample], task: str = TRANSCRIBE) -> float:
     """Teacher-forced first-answer-token accuracy of ``task`` on the clips (logged during stage 1)."""
     was_training = model.training
@@ -175,8 +210,8 @@ def hearing_report(model, sets: dict[str, list[Sample]], heads=None, greedy: boo
                  for task in (TRANSCRIBE, ASRP_TASK)}
     report = {"tasks": {"asr": TRANSCRIBE, "asrp": ASRP_TASK}, "tag_tokens": n_tags, "sets": {}}
     for name, samples in sets.items():
-        asr = reference[TRANSCRIBE] if name == "train" else teacher_forced(model, [as_task(s, TRANSCRIBE) for s in samples])
-        asrp = reference[ASRP_TASK] if name == "train" else teacher_forced(model, [as_task(s, ASRP_TASK) for s in samples])
+        asr, asrp = (reference[task] if name == "train" else teacher_forced(model, [as_task(s, task) for s in samples])
+                     for task in (TRANSCRIBE, ASRP_TASK))
         row = {"clips": len(samples),
                "asr_first_token": asr.first_token_accuracy(),
                "asr_first_token_guess": guess_accuracy(reference[TRANSCRIBE], asr, slice(0, 1)),
@@ -186,6 +221,10 @@ def hearing_report(model, sets: dict[str, list[Sample]], heads=None, greedy: boo
                "asrp_tags_guess": guess_accuracy(reference[ASRP_TASK], asrp, slice(-n_tags - 1, -1)),
                "asrp_all_tokens": asrp.all_token_accuracy(),
                "frame_cosine": frame_cosine(model, samples)}
+        if model.adapter.output in TOKEN_OUTPUTS:
+            dictated = teacher_forced(model, [as_task(s, TRANSCRIBE) for s in samples], dictated=True)
+            row.update(dictation_first_token=dictated.first_token_accuracy(),
+                       adapter_spelling_cer=adapter_spelling_cer(model, samples))
         if greedy:
             hyps = greedy_transcripts(model, samples)
             row.update(greedy_cer=cer([s.record.extra["q_txt"] for s in samples], hyps),
@@ -225,7 +264,8 @@ def _heads(run, config):
 
 
 ROWS = ("clips", "asr_first_token", "asr_first_token_guess", "asr_all_tokens", "asrp_first_token", "asrp_tags",
-        "asrp_tags_guess", "asrp_all_tokens", "greedy_cer", "distinct_outputs", "frame_cosine", "probe_cer",
+        "asrp_tags_guess", "asrp_all_tokens", "greedy_cer", "distinct_outputs", "frame_cosine",
+        "adapter_spelling_cer", "dictation_first_token", "probe_cer",
         "probe_gender_accuracy", "probe_age_accuracy", "probe_emotion_accuracy", "probe_event_accuracy")
 
 

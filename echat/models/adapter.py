@@ -28,12 +28,16 @@ from echat.config import AdapterConfig
 from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, valid_mask
 
 __all__ = [
+    "TOKEN_OUTPUTS",
     "Adapter",
     "AdapterOutput",
     "AdapterTransformer",
     "CausalConvDownsampler",
+    "pack_tokens",
     "wenet_sinusoids",
 ]
+
+TOKEN_OUTPUTS = ("token_mix", "token_pack")  # adapter outputs made of the LLM's own token embeddings
 
 
 class AdapterOutput(NamedTuple):
@@ -41,7 +45,7 @@ class AdapterOutput(NamedTuple):
 
     embeddings: Tensor  # (B, T'', output_dim); padded rows are zero
     lengths: Tensor  # (B,) int64
-    token_logits: Tensor | None = None  # (B, T'', V + 1) with output "token_mix": text tokens, then the blank
+    token_logits: Tensor | None = None  # (B, T'', V + 1) with a token output: text tokens, then the blank
 
 
 def wenet_sinusoids(length: int, channels: int) -> Tensor:
@@ -143,7 +147,7 @@ class Adapter(nn.Module):
         self.proj = nn.Linear(cfg.d_model, output_dim)
         self.output_rms = cfg.output_rms
         self.output = cfg.output
-        if cfg.output == "token_mix":
+        if cfg.output in TOKEN_OUTPUTS:
             self.blank = nn.Parameter(torch.zeros(output_dim))  # what the LLM reads where no token is spoken
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # softmax sharpness (learned)
 
@@ -172,8 +176,10 @@ class Adapter(nn.Module):
         logits = None
         if self.output == "clip_norm":
             y = _normalise_clips(y, mask)
-        elif self.output == "token_mix":
+        elif self.output in TOKEN_OUTPUTS:
             y, logits = self._token_mix(y, token_table)
+            if self.output == "token_pack":
+                y = pack_tokens(y, logits.argmax(-1), out_lengths, blank=logits.shape[-1] - 1)
         if self.output_rms:
             y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
         return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits)
@@ -186,7 +192,25 @@ class Adapter(nn.Module):
         table = torch.cat([token_table, self.blank[None]], dim=0)  # (V + 1, H)
         cosine = F.normalize(y, dim=-1) @ F.normalize(table, dim=-1).T  # (B, T'', V + 1)
         logits = cosine * self.log_scale.exp()
+        if self.output == "token_pack":  # the blank is scored, but the LLM reads it as nothing (zeros)
+            table = torch.cat([token_table, torch.zeros_like(self.blank)[None]], dim=0)
         return logits.softmax(-1) @ table, logits
+
+
+def pack_tokens(frames: Tensor, ids: Tensor, lengths: Tensor, blank: int) -> Tensor:
+    """Greedy CTC collapse, length-preserving: the frames (B, T, H) where ``ids`` (B, T) leaves the blank
+    or changes token move to the front of their clip, in order; every other frame becomes zero.
+
+    Why: the LLM then reads the spoken tokens as consecutive positions, as it reads text, instead of
+    tokens scattered between blanks; the number of frames (and so the sequence layout) does not change.
+    The order is decided by the greedy ids; gradients flow through the kept frames."""
+    valid = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]  # (B, T)
+    previous = F.pad(ids[:, :-1], (1, 0), value=blank)
+    keep = valid & (ids != blank) & (ids != previous)  # (B, T)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept frames first, in time order
+    packed = frames.gather(1, order.unsqueeze(-1).expand_as(frames))  # (B, T, H)
+    in_front = torch.arange(ids.shape[1], device=ids.device)[None] < keep.sum(1, keepdim=True)  # (B, T)
+    return packed * in_front.unsqueeze(-1).to(frames.dtype)
 
 
 def _normalise_clips(y: Tensor, mask: Tensor) -> Tensor:

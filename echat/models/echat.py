@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from echat.config import EChatConfig, LLMConfig
-from echat.models.adapter import Adapter, AdapterOutput
+from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput
 from echat.models.encoder import EncoderOutput, SpeechEncoder
 from echat.models.speech import speech_embedding, speech_head
 from echat.tokens import IGNORE_INDEX, Stream
@@ -116,9 +116,9 @@ class EChat(nn.Module):
         return self.adapt(self.run_encoder(feats, lengths))
 
     def adapt(self, enc: EncoderOutput) -> AdapterOutput:
-        """Encoder frames -> the adapter frames the LLM reads (a "token_mix" adapter mixes the LLM's own
+        """Encoder frames -> the adapter frames the LLM reads (a token-mix adapter mixes the LLM's own
         input embeddings)."""
-        table = self.llm.get_input_embeddings().weight if self.adapter.output == "token_mix" else None
+        table = self.llm.get_input_embeddings().weight if self.adapter.output in TOKEN_OUTPUTS else None
         return self.adapter(enc.hidden, enc.lengths, table)
 
     def run_encoder(self, feats: Tensor, lengths: Tensor) -> EncoderOutput:
@@ -173,10 +173,12 @@ class EChat(nn.Module):
         return hidden[:, :-1][has_target], targets[has_target], rows[has_target]
 
     @torch.no_grad()
-    def teacher_forced(self, batch) -> tuple[Tensor, Tensor, Tensor]:
+    def teacher_forced(self, batch, clips: AdapterOutput | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Greedy predictions under teacher forcing at every target position of ``batch``:
-        (predicted (N,), target (N,), row (N,)), in the combined text+speech class space."""
-        clips = self.encode_clips(batch.feats, batch.feat_lengths) if batch.feats.shape[0] else None
+        (predicted (N,), target (N,), row (N,)), in the combined text+speech class space. ``clips``
+        replaces what the batch's audio would give."""
+        if clips is None and batch.feats.shape[0]:
+            clips = self.encode_clips(batch.feats, batch.feat_lengths)
         h, targets, rows = self._target_states(batch, clips)
         logits = self.causal_lm.lm_head(h)  # (N, V_text)
         if batch.kind.speech_out:

@@ -5,7 +5,8 @@ Design choices:
   key only changes in its leading component(s): ``adapter.transformer.`` ↔ ``speech_transformer.``,
   ``llm.`` ↔ ``llama_model.``, ``adapter.downsample.`` ↔ ``down_sample_2.``, ``adapter.proj.`` ↔
   ``speech_llama_proj.``, ``speech_embedding.`` ↔ ``speech_token_emded.`` (the reference's typo);
-  ``encoder.`` and ``speech_head.`` are unchanged.
+  ``encoder.`` and ``speech_head.`` are unchanged. A token-mix adapter (mini world only) adds
+  ``speech_mix_blank`` and ``speech_mix_log_scale`` after them.
 - Export reproduces the reference's key order (its module registration order): encoder, ln_speech,
   speech_transformer, llama_model, down_sample_2, speech_llama_proj, the aliases ``embed_tokens``
   and ``lm_head``, speech_token_emded, speech_head. Within a prefix our own order is kept, which our
@@ -50,6 +51,9 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     ("adapter.proj.", "speech_llama_proj."),
     ("speech_embedding.", "speech_token_emded."),
     ("speech_head.", "speech_head."),
+    # The mini world's token-mix adapter output (AdapterConfig.output): not in the released model.
+    ("adapter.blank", "speech_mix_blank"),
+    ("adapter.log_scale", "speech_mix_log_scale"),
 )
 # Reference alias key → the reference key it duplicates.
 ALIASES: dict[str, str] = {

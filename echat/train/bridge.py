@@ -1,18 +1,18 @@
-"""Auxiliary losses that give the speech side a direct signal (mini world, training only).
+"""Auxiliary losses and dictation frames that give the speech side a direct signal (mini world, training only).
 
-Why: the real system bridges a pre-trained Whisper encoder and a 3 B instruction-tuned LLM; the mini
-world starts the encoder from scratch, and through the LLM path alone it learns nothing useful (the
-adapter output collapses to one constant vector and the LLM recites corpus sentences; see
-``../shared/reference/mini_world_feasibility.md``). Three direct signals stand in for Whisper's
-pre-training and guide the bridge:
+Why: the real system bridges a pre-trained Whisper encoder and a 3 B instruction-tuned LLM that can repeat
+what it is given; the mini world's 7 M-parameter LLM, trained through the LLM path alone, never read its
+audio (the adapter output collapsed to one vector and the LLM recited corpus sentences; see
+docs/hearing.md). The signals here:
 
-- **character CTC on the encoder** (50 Hz): a linear head over lowercase letters, space and
-  apostrophe — the signal that trains a small encoder fastest;
-- **pooled cue classifiers on the encoder**: the mean frame of a clip predicts its gender, age,
-  emotion and sound event through linear heads, so the cues are (linearly) present in the frames;
-- **token CTC through the LLM's own embedding table** (adapter output, 12.5 Hz): each adapter frame is
-  scored against every text-token embedding plus one learned blank vector, so the frames learn to
-  look like the words spoken, in the space the LLM reads.
+- **token CTC on the adapter** (12.5 Hz): the adapter's frames are scored against every text-token
+  embedding of the LLM plus a blank (a token adapter's own mixing logits, :data:`~echat.models.adapter.
+  TOKEN_OUTPUTS`; otherwise through :class:`BridgeHeads`) and trained to spell the transcript, then the
+  clip's cue tags;
+- **dictation** (stage 0): the LLM answers the understanding tasks from exact token frames of the
+  transcript and tags (:func:`dictation_for`), so it learns to copy before any audio reaches it;
+- **character CTC and pooled cue classifiers on the encoder**: a probe of what the encoder carries, and a
+  training signal for an encoder that trains (:func:`probe`).
 
 The heads live in :class:`BridgeHeads`, outside :class:`~echat.models.echat.EChat`: checkpoints and the
 reference key layout stay exactly those of the model; the trainer keeps the heads' weights in its own
@@ -21,6 +21,8 @@ state. :class:`BridgedModel` wraps both so that one forward (and one DDP wrapper
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from echat.tokens import IGNORE_INDEX, LABEL_SETS, canonical_label
 
 # Cue field -> the key of ``Record.extra`` that holds its label.
 CUE_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}
+SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
 # Characters of the encoder's CTC head (the CTC blank is one more class, after these).
 CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
@@ -67,6 +70,21 @@ def bridge_targets(records: list[Record], tokenizer) -> BridgeTargets | None:
     chars = [[CHARS.index(c) for c in r.extra["q_txt"].lower() if c in CHARS] for r in records]
     return BridgeTargets(_flat(ids), torch.tensor([len(row) for row in ids]), cues,
                          _flat(chars), torch.tensor([len(row) for row in chars]))
+
+
+def shuffled_words(record: Record, rng: random.Random) -> Record:
+    """The record with the words of its spoken transcript (``extra.q_txt``) in a random order, in the
+    transcript and at the start of the answer (``txt``), under the key ``<key>~shuffled``; the audio is
+    not touched (dictation reads the transcript, not the audio). Records whose answer does not start with
+    the transcript (only-P) come back unchanged."""
+    spoken = record.extra.get("q_txt") or ""
+    words = spoken.split()
+    if len(words) < 2 or not record.txt.startswith(spoken):
+        return record
+    rng.shuffle(words)
+    shuffled = " ".join(words)
+    return dataclasses.replace(record, key=f"{record.key}{SHUFFLED}", txt=shuffled + record.txt[len(spoken):],
+                               extra={**record.extra, "q_txt": shuffled})
 
 
 def cue_tags(record: Record) -> str:
@@ -127,6 +145,20 @@ class BridgeHeads(nn.Module):
         return out
 
 
+def packed_dictation_clips(targets: BridgeTargets, lengths: Tensor, table: Tensor) -> AdapterOutput:
+    """Pseudo adapter frames as a ``token_pack`` adapter makes them: each clip's target tokens (words, then
+    cue tags) one per frame from the first, then zero frames. targets: tokens of N clips; lengths (N,)
+    adapter frames per clip; table (V, H). Returns frames (N, max(lengths), H); a clip with more tokens
+    than frames gets its first ``length`` tokens."""
+    frames = table.new_zeros(len(lengths), int(lengths.max()), table.shape[1])
+    starts = torch.cumsum(targets.token_lengths, 0) - targets.token_lengths
+    for i, (start, count, length) in enumerate(zip(starts.tolist(), targets.token_lengths.tolist(),
+                                                   lengths.tolist(), strict=True)):
+        kept = min(count, length)
+        frames[i, :kept] = table[targets.tokens[start:start + kept]]
+    return AdapterOutput(frames, lengths)
+
+
 def dictation_clips(targets: BridgeTargets, lengths: Tensor, table: Tensor, blank: Tensor) -> AdapterOutput:
     """Pseudo adapter frames that spell each clip's tokens the way a CTC-trained token-mix adapter does:
     each target token (words, then cue tags) held for 1-3 frames, with blank frames between and around.
@@ -153,6 +185,17 @@ def dictation_clips(targets: BridgeTargets, lengths: Tensor, table: Tensor, blan
             frames[i, position:position + hold] = table[token]
             position += hold + gap
     return AdapterOutput(frames, lengths)
+
+
+def dictation_for(echat, feat_lengths: Tensor, targets: BridgeTargets) -> AdapterOutput:
+    """The dictation frames ``echat``'s adapter would be trained to give for clips of ``feat_lengths``
+    (N,) log-mel frames: packed for a ``token_pack`` adapter, spread over the clip otherwise."""
+    lengths = echat.adapter.output_lengths(echat.encoder.output_lengths(feat_lengths))
+    table = echat.llm.get_input_embeddings().weight
+    if echat.adapter.output == "token_pack":
+        return packed_dictation_clips(targets, lengths, table)
+    blank = getattr(echat.adapter, "blank", None)
+    return dictation_clips(targets, lengths, table, blank if blank is not None else table.new_zeros(()))
 
 
 def token_ctc_loss(logits: Tensor, lengths: Tensor, targets: BridgeTargets) -> Tensor:
@@ -186,11 +229,7 @@ class BridgedModel(nn.Module):
                 raise ValueError(f"a bridge-only step needs clips with transcripts (batch {batch.keys[:3]})")
             return self.echat(batch)
         if self.dictation:
-            lengths = self.echat.adapter.output_lengths(self.echat.encoder.output_lengths(batch.feat_lengths))
-            blank = getattr(self.echat.adapter, "blank", None)
-            table = self.echat.llm.get_input_embeddings().weight
-            return self.echat(batch, clips=dictation_clips(targets, lengths, table,
-                                                           blank if blank is not None else table.new_zeros(())))
+            return self.echat(batch, clips=dictation_for(self.echat, batch.feat_lengths, targets))
         enc = self.echat.run_encoder(batch.feats, batch.feat_lengths)
         clips = self.echat.adapt(enc)
         if bridge_only:

@@ -1,15 +1,15 @@
 """Stage recipes as config values: which records, in which mix, which modules train, for how long.
 
 The understanding-driven recipe of the paper, plus a stage 0 for the mini world:
-- ``text`` (mini only): language-model pre-training of the tiny Qwen2 on the corpus text (loss on the
-  whole ChatML text of T2T-shaped records: questions, replies, think blocks), as the real system
-  starts from a pre-trained Qwen2.5-Instruct;
-- ``understanding``: ASR + ASR+P + only-P, encoder + adapter trainable (LLM frozen, unless a recipe
-  gives it a learning-rate scale — see ``module_lr``). In the mini world the encoder starts from
-  scratch, so the stage carries the bridge losses of :mod:`echat.train.bridge` (character CTC and cue
-  classifiers on the encoder, token CTC on the adapter) and opens with a bridge-only phase: the
-  miniature of starting from a pre-trained Whisper encoder. The tiny LLM trains at 0.3x: frozen, a
-  7 M-parameter LM never learned to read the adapter in the prototype, unlike the real 3 B one;
+- ``text`` (mini only): *dictation* — the understanding tasks answered from the transcript's own token
+  embeddings packed at the start of the audio positions (:func:`echat.train.bridge.packed_dictation_clips`),
+  a share with the words shuffled — so that the LLM learns to repeat what it is shown, as a real
+  instruction-tuned LLM can; ASR alone first, then with ASR+P, only-P and language modelling of the
+  corpus text (loss on the whole ChatML text of T2T-shaped records);
+- ``understanding``: ASR + ASR+P + only-P; the adapter trains, the encoder (Whisper base in the mini
+  world) and the LLM stay frozen, as in the paper. It opens with a bridge-only phase: the adapter's token
+  CTC over transcript + cue tags, no LLM forward, so that the adapter spells what the LLM learned to
+  copy. Figures and what was tried: docs/hearing.md;
 - ``generation``: TTS first (phase 1), then S2S dialogue with T2T mixed in (phase 2);
 - ``empathy``: S2T/S2S with the dual think, everything trainable unless frozen.
 """
@@ -42,6 +42,7 @@ class Phase:
     mix: tuple[tuple[str, float], ...]
     steps: int
     bridge_only: bool = False  # train on the bridge losses alone (no LLM forward): the acoustic warm-up
+    batch_scale: float = 1.0  # multiplies the batch limits (frames and tokens) of the train config
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class StageRecipe:
     bridge: float = 0.0  # weight of the auxiliary CTC + cue losses (echat.train.bridge); 0 = off
     token_ctc: bool = True  # with the bridge: also the adapter's token CTC through the LLM's embeddings
     dictation: bool = False  # clips are read as dictation_clips (spelled tokens), not through the encoder
+    # with dictation: the share of transcripts whose words are shuffled, so that only copying the prefix
+    # (not recalling a memorised sentence) predicts the answer (echat.train.bridge.shuffled_words)
+    shuffled_dictation: float = 0.0
     epoch_size: int = 512  # records drawn per epoch (then batched)
 
     @property
@@ -79,7 +83,9 @@ class StageRecipe:
                  + (f"; bridge losses x {self.bridge:g}" if self.bridge else "")]
         for i, phase in enumerate(self.phases):
             total = sum(w for _, w in phase.mix)
-            lines.append(f"  phase {i + 1} ({phase.steps} steps{', bridge losses only' if phase.bridge_only else ''}): "
+            notes = (", bridge losses only" if phase.bridge_only else "") + (
+                f", batches x {phase.batch_scale:g}" if phase.batch_scale != 1.0 else "")
+            lines.append(f"  phase {i + 1} ({phase.steps} steps{notes}): "
                          + ", ".join(f"{f} {w / total:.0%}" for f, w in phase.mix))
         return "\n".join(lines)
 
@@ -96,21 +102,20 @@ def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
 
 
 UNDERSTANDING_MIX = (("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0))
-# Stage 0: language modelling of the corpus text, and dictation (the understanding tasks answered from
-# spelled-out token frames, see echat.train.bridge.dictation_clips).
-TEXT_MIX = (("text_lm", 2.0), *UNDERSTANDING_MIX)
-TEXT_STEPS = 500
-UNDERSTANDING_STEPS = 300
-UNDERSTANDING_LLM_LR = 0.0
-UNDERSTANDING_TOKEN_CTC = True
+# Stage 0 opens with ASR dictation alone: copying the transcript is the skill stage 1 relies on, and it
+# appears abruptly, only when nothing else competes (docs/hearing.md: E8b copied after 500-1000 steps of
+# ASR dictation; E8a and E11, text LM first or mixed in, had not after 500 and 1,000 steps). Then the
+# tags and the corpus text join.
+DICTATION_MIX = (("text_lm", 1.0), ("asr", 2.0), ("asrp", 1.0), ("only_p", 1.0))
 
 
 def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
     return (
-        StageRecipe("text", (Phase(TEXT_MIX, steps(TEXT_STEPS)),), _lr(llm=1.0), lr=2e-3, dictation=True),
-        StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(400), bridge_only=True),
-                                      Phase(UNDERSTANDING_MIX, steps(UNDERSTANDING_STEPS))),
-                    _lr(adapter=1.0, llm=UNDERSTANDING_LLM_LR), lr=3e-3, bridge=1.0, token_ctc=UNDERSTANDING_TOKEN_CTC),
+        StageRecipe("text", (Phase((("asr", 1.0),), steps(600)), Phase(DICTATION_MIX, steps(400))),
+                    _lr(llm=1.0), lr=2e-3, dictation=True, shuffled_dictation=0.3),
+        StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(400), bridge_only=True, batch_scale=2.0),
+                                      Phase(UNDERSTANDING_MIX, steps(300))),
+                    _lr(adapter=1.0), lr=3e-3, bridge=1.0),
         StageRecipe("generation", (Phase((("tts", 1.0),), steps(300)),
                                    Phase((("s2s", 2.0), ("s2t", 1.0), ("tts", 1.0), ("t2t", 0.5),
                                           ("s2s_history", 0.3)), steps(300))),
@@ -141,9 +146,25 @@ def stage(recipe_name: str, stage_name: str, think: str = "tag", max_steps: int 
     chosen = found[stage_name]
     if max_steps is None:
         return chosen
-    factor = max_steps / chosen.max_steps
-    phases = tuple(dataclasses.replace(p, steps=max(1, round(p.steps * factor))) for p in chosen.phases)
+    lengths = _cut([p.steps for p in chosen.phases], max_steps)
+    phases = tuple(dataclasses.replace(p, steps=n) for p, n in zip(chosen.phases, lengths, strict=True) if n)
     return dataclasses.replace(chosen, phases=phases)
+
+
+def _cut(steps: list[int], total: int) -> list[int]:
+    """Phase lengths in proportion to ``steps`` that add up to exactly ``total`` (largest remainders
+    first); every phase keeps a step while there are enough steps to go round."""
+    shares = [total * n / sum(steps) for n in steps]
+    out = [int(share) for share in shares]
+    if total >= len(steps):
+        out = [max(1, n) for n in out]
+    by_remainder = sorted(range(len(steps)), key=lambda i: out[i] - shares[i])
+    while sum(out) < total:
+        i = by_remainder.pop(0) if by_remainder else 0
+        out[i] += 1
+    while sum(out) > total:
+        out[max(range(len(out)), key=lambda i: out[i] - shares[i])] -= 1
+    return out
 
 
 def text_lm_records(records: list[Record]) -> list[Record]:

@@ -39,7 +39,7 @@ from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.hearing import distinct_clips
 from echat.models.checkpoint import LATEST
 from echat.models.encoder import EncoderCache
-from echat.train.bridge import BridgedModel, bridge_targets
+from echat.train.bridge import BridgedModel, bridge_targets, shuffled_words
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import set_trainable
 
@@ -134,12 +134,23 @@ class Trainer:
             out.append(Sample(r, base.audio if r.wav else None, base.history_audio if r.wav else []))
         return out
 
+    def _shuffled(self, record, rng: random.Random):
+        """A dictation drill of ``record`` (:func:`~echat.train.bridge.shuffled_words`), registered with
+        the record's audio so that batches and bridge targets find it by its key."""
+        drill = shuffled_words(record, rng)
+        base = self.audio[record.key]
+        self.audio[drill.key] = Sample(drill, base.audio, base.history_audio)
+        return drill
+
     def epoch_batches(self, epoch: int, phase_index: int):
         """This rank's batches of ``epoch`` (same on every rank, then split: disjoint across ranks)."""
         phase = self.recipe.phases[phase_index]
         rng = random.Random(self.config.train.seed * 7919 + epoch)
         records = mix_records(self.pool.by_family, phase, self.recipe.epoch_size, rng)
-        batches = list(self.pipeline.batches(self._samples(records), epoch))
+        if self.recipe.shuffled_dictation:
+            records = [self._shuffled(r, rng) if r.wav and rng.random() < self.recipe.shuffled_dictation else r
+                       for r in records]
+        batches = list(self.pipeline.batches(self._samples(records), epoch, phase.batch_scale))
         world, rank = self.acc.num_processes, self.acc.process_index
         usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
         return batches[:usable][rank::world] if world > 1 else batches
@@ -184,9 +195,9 @@ class Trainer:
             raise
         finally:
             bar.close()
+            self.bare_model().encoder_cache = None  # its frames are only valid while this stage runs
         self.save()
         self.plot()
-        self.bare_model().encoder_cache = None
         return self.state
 
     def _train_step(self, batch) -> dict | None:

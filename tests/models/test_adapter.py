@@ -39,7 +39,7 @@ def test_shapes_and_strides():
     adapter = _adapter()
     assert adapter.downsample.conv[1].weight.shape == (32, 24, 3)
     assert [adapter.downsample.conv[i].stride[0] for i in (1, 4, 7)] == [1, 2, 2]
-    out, lengths = adapter(torch.randn(2, 50, 24), torch.tensor([50, 13]))
+    out, lengths, _ = adapter(torch.randn(2, 50, 24), torch.tensor([50, 13]))
     assert out.shape == (2, 13, 40)
     assert lengths.tolist() == [13, 4]
     assert torch.all(out[1, 4:] == 0)
@@ -59,10 +59,10 @@ def test_causal_downsampler_ignores_right_padding():
     adapter = _adapter()
     torch.manual_seed(1)
     short = torch.randn(1, 23, 24)
-    alone, alone_len = adapter(short, torch.tensor([23]))
+    alone, alone_len, _ = adapter(short, torch.tensor([23]))
     batch = torch.randn(2, 61, 24) * 5.0  # noisy padding after frame 23
     batch[0, :23] = short[0]
-    padded, padded_len = adapter(batch, torch.tensor([23, 61]))
+    padded, padded_len, _ = adapter(batch, torch.tensor([23, 61]))
     assert alone_len.tolist() == [6] and padded_len.tolist() == [6, 16]
     assert torch.allclose(padded[0, :6], alone[0], atol=1e-5)
 
@@ -77,7 +77,7 @@ def test_lengths_agree_with_config_after_the_encoder():
     feats = torch.randn(len(mel_lengths), max(mel_lengths), cfg.encoder.n_mels)
     with torch.no_grad():
         hidden, enc_lengths = encoder(feats, torch.tensor(mel_lengths))
-        out, lengths = adapter(hidden, enc_lengths)
+        out, lengths, _ = adapter(hidden, enc_lengths)
     assert lengths.tolist() == [cfg.llm_positions(n) for n in mel_lengths]
     assert out.shape == (len(mel_lengths), cfg.llm_positions(max(mel_lengths)), cfg.llm.hidden_size)
 
@@ -104,7 +104,7 @@ def test_wrong_width_is_rejected():
 
 def test_gradients_reach_every_parameter():
     adapter = _adapter().train()
-    out, _ = adapter(torch.randn(2, 30, 24), torch.tensor([30, 9]))
+    out = adapter(torch.randn(2, 30, 24), torch.tensor([30, 9])).embeddings
     out.pow(2).sum().backward()
     assert all(p.grad is not None for p in adapter.parameters())
 
@@ -123,3 +123,30 @@ def test_output_rms_scales_every_valid_frame_without_new_weights():
     direction = torch.nn.functional.cosine_similarity(out.embeddings[valid], reference.embeddings[valid], dim=-1)
     assert torch.allclose(direction, torch.ones_like(direction), atol=1e-5)
     assert not out.embeddings[~valid].any()
+
+
+def test_pack_tokens_collapses_the_greedy_path_to_the_front():
+    from echat.models.adapter import pack_tokens
+
+    frames = torch.arange(1.0, 8.0)[None, :, None].repeat(2, 1, 2)  # (2, 7, 2): frame t holds t + 1
+    blank = 9
+    ids = torch.tensor([[9, 3, 3, 9, 3, 5, 9], [4, 9, 9, 9, 9, 9, 9]])  # row 1 has 3 valid frames
+    packed = pack_tokens(frames, ids, torch.tensor([7, 3]), blank)
+    assert packed[0, :, 0].tolist() == [2.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0]  # 3, 3 merged; 3 after a blank kept
+    assert packed[1, :, 0].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_token_pack_adapter_reads_the_blank_as_nothing_and_keeps_gradients():
+    import dataclasses
+
+    adapter = _adapter(dataclasses.replace(TINY, output="token_pack")).train()
+    table = torch.randn(12, 40, requires_grad=True)  # (V, output_dim): the LLM's token embeddings
+    out = adapter(torch.randn(2, 30, 24), torch.tensor([30, 9]), table)
+    assert out.token_logits.shape == (2, 8, 13)
+    kept = (out.embeddings.abs().sum(-1) > 0).sum(1)  # non-zero frames per clip
+    ids = out.token_logits.argmax(-1)
+    for row, length in enumerate(out.lengths.tolist()):
+        path = [i for t, i in enumerate(ids[row, :length].tolist()) if i != 12 and (t == 0 or i != ids[row, t - 1])]
+        assert int(kept[row]) == len(path)
+    out.embeddings.sum().backward()
+    assert adapter.proj.weight.grad is not None and table.grad is not None

@@ -123,3 +123,32 @@ def test_probe_refuses_a_stage_without_bridge_heads(smoke_corpus, tmp_path):
     final = train_stage(stage("smoke", "text", max_steps=2), smoke_corpus, tmp_path / "run", "smoke", progress=False)
     with pytest.raises(ValueError, match="trained no bridge heads"):
         probe_run(final, smoke_corpus)
+
+
+def test_packed_dictation_spells_each_clip_from_its_first_frame():
+    from echat.train.bridge import packed_dictation_clips
+
+    table = torch.randn(20, 6)  # (V, H)
+    targets = BridgeTargets(torch.tensor([3, 7, 7, 12, 5, 1, 2, 9]), torch.tensor([4, 4]), {})
+    clips = packed_dictation_clips(targets, torch.tensor([6, 3]), table)
+    assert clips.embeddings.shape == (2, 6, 6)
+    assert torch.equal(clips.embeddings[0, :4], table[torch.tensor([3, 7, 7, 12])])
+    assert not clips.embeddings[0, 4:].any()
+    assert torch.equal(clips.embeddings[1, :3], table[torch.tensor([5, 1, 2])])  # cut to the clip's 3 frames
+    assert not clips.embeddings[1, 3:].any()
+
+
+def test_shuffled_words_reorder_the_transcript_in_the_answer_and_the_targets(asr_samples):
+    import random
+
+    from echat.train.bridge import SHUFFLED, shuffled_words
+
+    model, samples = asr_samples
+    asrp = next(s.record for s in samples if family(s.record) == "asrp")
+    drill = shuffled_words(asrp, random.Random(0))
+    spoken = asrp.extra["q_txt"]
+    assert drill.key == asrp.key + SHUFFLED and drill.wav == asrp.wav
+    assert sorted(drill.extra["q_txt"].split()) == sorted(spoken.split()) and drill.extra["q_txt"] != spoken
+    assert drill.txt == drill.extra["q_txt"] + asrp.txt[len(spoken):]  # the tags stay after the words
+    only_p = next(s.record for s in samples if family(s.record) == "only_p")
+    assert shuffled_words(only_p, random.Random(0)) is only_p
