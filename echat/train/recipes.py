@@ -3,7 +3,7 @@
 The understanding-driven recipe of the paper, plus a stage 0 for the mini world:
 - ``text`` (mini only): *dictation* — the understanding tasks answered from the transcript's own token
   embeddings packed at the start of the audio positions (:func:`echat.train.bridge.packed_dictation_clips`),
-  a share with the words shuffled — so that the LLM learns to repeat what it is shown, as a real
+  optionally a share with the words shuffled — so that the LLM learns to repeat what it is shown, as a real
   instruction-tuned LLM can; ASR alone first, then with ASR+P, only-P and language modelling of the
   corpus text (loss on the whole ChatML text of T2T-shaped records);
 - ``understanding``: ASR + ASR+P + only-P; the adapter trains, the encoder (Whisper base in the mini
@@ -104,15 +104,15 @@ def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
 UNDERSTANDING_MIX = (("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0))
 # Stage 0 opens with ASR dictation alone: copying the transcript is the skill stage 1 relies on, and it
 # appears abruptly, only when nothing else competes (docs/hearing.md: E8b copied after 500-1000 steps of
-# ASR dictation; E8a and E11, text LM first or mixed in, had not after 500 and 1,000 steps). Then the
-# tags and the corpus text join.
+# ASR dictation; E8a, E11 and E17, with text LM or shuffled words, had not after 500-1,000 steps). Then
+# the tags and the corpus text join.
 DICTATION_MIX = (("text_lm", 1.0), ("asr", 2.0), ("asrp", 1.0), ("only_p", 1.0))
 
 
 def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
     return (
-        StageRecipe("text", (Phase((("asr", 1.0),), steps(600)), Phase(DICTATION_MIX, steps(400))),
-                    _lr(llm=1.0), lr=2e-3, dictation=True, shuffled_dictation=0.3),
+        StageRecipe("text", (Phase((("asr", 1.0),), steps(800)), Phase(DICTATION_MIX, steps(200))),
+                    _lr(llm=1.0), lr=2e-3, dictation=True),
         StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(400), bridge_only=True, batch_scale=2.0),
                                       Phase(UNDERSTANDING_MIX, steps(300))),
                     _lr(adapter=1.0), lr=3e-3, bridge=1.0),
