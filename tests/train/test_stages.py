@@ -50,3 +50,4 @@ def test_unknown_stage_or_module_is_a_clear_error(model):
         apply_stage(model, "pretraining")
     with pytest.raises(ValueError, match="unknown module"):
         apply_stage(model, "empathy", freeze=["decoder"])
+

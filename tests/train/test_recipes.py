@@ -1,0 +1,13 @@
+"""Recipes: stage lengths and phases."""
+
+from echat.train.recipes import stage
+
+
+def test_a_cut_stage_has_exactly_the_steps_asked_for_in_proportion():
+    full = stage("mini", "text")
+    for max_steps in (2, 3, 301, 999):
+        cut = stage("mini", "text", max_steps=max_steps)
+        assert cut.max_steps == max_steps and len(cut.phases) == len(full.phases)
+        assert [p.mix for p in cut.phases] == [p.mix for p in full.phases]
+        for phase, whole in zip(cut.phases, full.phases, strict=True):
+            assert abs(phase.steps - max_steps * whole.steps / full.max_steps) < 1 or phase.steps == 1
