@@ -35,7 +35,8 @@ import torch
 from echat.config import GenerationOptions
 from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.metrics import cer, split_asr_output
-from echat.models.adapter import TOKEN_OUTPUTS
+from echat.models.adapter import TOKEN_OUTPUTS, ctc_path
+from echat.models.encoder import EncoderCache
 from echat.tokens import TRANSCRIBE, canonical_label
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
@@ -185,8 +186,7 @@ def adapter_spelling_cer(model, samples: list[Sample]) -> float | None:
         blank = clips.token_logits.shape[-1] - 1
         for ids, n, key in zip(clips.token_logits.argmax(-1).tolist(), clips.lengths.tolist(), batch.keys,
                                strict=True):
-            path = [i for t, i in enumerate(ids[:n]) if i != blank and (t == 0 or i != ids[t - 1])]
-            hyps.append(model.tokenizer.decode(path))
+            hyps.append(model.tokenizer.decode(ctc_path(ids[:n], blank)))
             refs.append(records[key].extra["q_txt"] + cue_tags(records[key]))
     return cer(refs, hyps)
 
@@ -203,8 +203,18 @@ def first_token_accuracy(model, samples: list[Sample], task: str = TRANSCRIBE) -
 
 def hearing_report(model, sets: dict[str, list[Sample]], heads=None, greedy: bool = True) -> dict:
     """Every hearing figure for every set (see the module docstring); ``heads``: the run's bridge heads,
-    for the encoder's probe CER beside the LLM path's figures."""
+    for the encoder's probe CER beside the LLM path's figures. The figures read each clip several times:
+    the encoder (nothing here trains it) runs once per clip through an :class:`EncoderCache`."""
     model.eval()
+    cache_before = model.encoder_cache
+    model.encoder_cache = cache_before or EncoderCache()
+    try:
+        return _hearing_report(model, sets, heads, greedy)
+    finally:
+        model.encoder_cache = cache_before
+
+
+def _hearing_report(model, sets: dict[str, list[Sample]], heads, greedy: bool) -> dict:
     n_tags = tag_tokens(model)
     reference = {task: teacher_forced(model, [as_task(s, task) for s in sets["train"]])
                  for task in (TRANSCRIBE, ASRP_TASK)}

@@ -33,6 +33,7 @@ __all__ = [
     "AdapterOutput",
     "AdapterTransformer",
     "CausalConvDownsampler",
+    "ctc_path",
     "pack_tokens",
     "wenet_sinusoids",
 ]
@@ -195,6 +196,11 @@ class Adapter(nn.Module):
         if self.output == "token_pack":  # the blank is scored, but the LLM reads it as nothing (zeros)
             table = torch.cat([token_table, torch.zeros_like(self.blank)[None]], dim=0)
         return logits.softmax(-1) @ table, logits
+
+
+def ctc_path(ids: list[int], blank: int) -> list[int]:
+    """Greedy CTC output of one clip's frame-wise ids: repeats merged, blanks dropped."""
+    return [i for t, i in enumerate(ids) if i != blank and (t == 0 or i != ids[t - 1])]
 
 
 def pack_tokens(frames: Tensor, ids: Tensor, lengths: Tensor, blank: int) -> Tensor:

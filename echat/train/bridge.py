@@ -6,9 +6,9 @@ audio (the adapter output collapsed to one vector and the LLM recited corpus sen
 docs/hearing.md). The signals here:
 
 - **token CTC on the adapter** (12.5 Hz): the adapter's frames are scored against every text-token
-  embedding of the LLM plus a blank (a token adapter's own mixing logits, :data:`~echat.models.adapter.
-  TOKEN_OUTPUTS`; otherwise through :class:`BridgeHeads`) and trained to spell the transcript, then the
-  clip's cue tags;
+  embedding of the LLM plus a blank (a token adapter's own mixing logits, see
+  :data:`echat.models.adapter.TOKEN_OUTPUTS`; otherwise through :class:`BridgeHeads`) and trained to
+  spell the transcript, then the clip's cue tags;
 - **dictation** (stage 0): the LLM answers the understanding tasks from exact token frames of the
   transcript and tags (:func:`dictation_for`), so it learns to copy before any audio reaches it;
 - **character CTC and pooled cue classifiers on the encoder**: a probe of what the encoder carries, and a
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.data.schema import Record
-from echat.models.adapter import AdapterOutput
+from echat.models.adapter import AdapterOutput, ctc_path
 from echat.models.echat import EChatOutput
 from echat.tokens import IGNORE_INDEX, LABEL_SETS, canonical_label
 
@@ -287,13 +287,8 @@ def probe(model, heads: BridgeHeads, samples) -> dict:
 
 
 def _ctc_collapse(ids: list[int]) -> str:
-    """Greedy CTC output: merge repeats, drop blanks, map to characters."""
-    blank, out, previous = len(CHARS), [], None
-    for i in ids:
-        if i != previous and i != blank:
-            out.append(CHARS[i])
-        previous = i
-    return "".join(out)
+    """Greedy CTC output of the character head, as text."""
+    return "".join(CHARS[i] for i in ctc_path(ids, blank=len(CHARS)))
 
 
 def probe_run(run: str | Path, corpus: str | Path, split: str = "test", limit: int | None = None) -> dict:

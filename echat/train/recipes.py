@@ -156,14 +156,11 @@ def _cut(steps: list[int], total: int) -> list[int]:
     first); every phase keeps a step while there are enough steps to go round."""
     shares = [total * n / sum(steps) for n in steps]
     out = [int(share) for share in shares]
-    if total >= len(steps):
-        out = [max(1, n) for n in out]
-    by_remainder = sorted(range(len(steps)), key=lambda i: out[i] - shares[i])
-    while sum(out) < total:
-        i = by_remainder.pop(0) if by_remainder else 0
+    for i in sorted(range(len(out)), key=lambda i: out[i] - shares[i])[:total - sum(out)]:
         out[i] += 1
-    while sum(out) > total:
-        out[max(range(len(out)), key=lambda i: out[i] - shares[i])] -= 1
+    while total >= len(out) and 0 in out:  # give an empty phase a step of the longest one
+        out[out.index(max(out))] -= 1
+        out[out.index(0)] += 1
     return out
 
 

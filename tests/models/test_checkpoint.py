@@ -55,6 +55,18 @@ def test_reference_export_and_import_give_identical_outputs(smoke_model, batch_o
     assert "speech_token_emded.weight" in keys and "ln_speech.weight" in keys and "embed_tokens.weight" in keys
 
 
+def test_a_token_pack_model_round_trips_through_the_reference_format(smoke_model, batch_of, tmp_path):
+    config = preset("smoke")
+    config.adapter.output = "token_pack"
+    torch.manual_seed(0)
+    model = EChat(config, smoke_model.tokenizer).eval()
+    batch = batch_of(OutputType.S2S)
+    path = save_reference_checkpoint(model, tmp_path / "model.pt", dtype=torch.float32)
+    assert {"speech_mix_blank", "speech_mix_log_scale"} <= set(torch.load(path, weights_only=True))
+    loaded = load_reference_checkpoint(path, tokenizer=model.tokenizer, config=config).eval()
+    assert torch.equal(model(batch).loss, loaded(batch).loss)
+
+
 def test_reference_export_defaults_to_bf16_and_keeps_aliases_shared(smoke_model, tmp_path):
     path = save_reference_checkpoint(smoke_model, tmp_path / "model.pt")
     state = torch.load(path, weights_only=True)
