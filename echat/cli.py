@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
     from echat.train.run import RECIPE_PRESET, run_recipe, train_stage
 
     if args.recipe:
-        finals = run_recipe(args.recipe, args.data, args.out, think=args.think)
+        finals = run_recipe(args.recipe, args.data, args.out, think=args.think, seed=args.seed)
         print("final checkpoints:\n  " + "\n  ".join(map(str, finals)))
         return 0
     if not args.stage:
@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
 
         chosen = dataclasses.replace(chosen, lora=True)
     preset = args.preset or RECIPE_PRESET["mini"]
-    final = train_stage(chosen, args.data, args.out, preset, init=args.init, resume=args.resume)
+    final = train_stage(chosen, args.data, args.out, preset, init=args.init, resume=args.resume, seed=args.seed)
     print(f"final checkpoint: {final}")
     return 0
 
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--think", default="tag", choices=["none", "tag", "language"])
     train.add_argument("--lora", action="store_true", help="train LoRA adapters instead of the whole LLM")
     train.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint")
+    train.add_argument("--seed", type=int, default=None, help="training seed (weights, data order, dropout); "
+                       "default: the preset's, or the --init checkpoint's")
 
     evaluation = _parser(sub, "eval", "evaluate a checkpoint stage by stage (understanding, TTS round trip, "
                          "empathy) on an EChat-mini corpus, per test subset", cmd_eval)

@@ -79,6 +79,14 @@ class AdapterConfig:
     # greedy CTC path collapsed to the front of each clip, see adapter.pack_tokens). See docs/hearing.md
     # for what each measured.
     output: Literal["linear", "clip_norm", "token_mix", "token_pack"] = "linear"
+    # With "token_pack": after the packed transcript tokens, one frame per cue field (gender, age,
+    # emotion, event), each a mix of that field's label-tag embeddings weighted by a classifier on the
+    # clip's mean adapter state, so that the LLM reads how it was said in the tags it answers with.
+    cue_frames: bool = False
+    # With "token_pack": each packed frame also carries the frame before it, turned by a fixed random
+    # rotation (the first one a fixed start direction), so that "find the frame that follows the token
+    # I just wrote" is one attention lookup for the LLM instead of a two-layer induction circuit.
+    bigram_frames: bool = False
 
     @property
     def downsample_rate(self) -> int:
@@ -296,14 +304,15 @@ def whisper_base_encoder() -> EncoderConfig:
 
 def mini() -> EChatConfig:
     """The CPU world: a Whisper-base encoder (20 M parameters, pre-trained, frozen) under a ~6 M-parameter
-    adapter + LLM + speech head that train on EChat-mini in minutes on 2 cores."""
+    adapter + LLM + speech head that train on EChat-mini in minutes on 2 cores. The adapter is a token pack
+    with cue and bigram frames: what each changed is measured in docs/hearing.md (E7, E22-E24)."""
     return EChatConfig(
         name="mini",
         world="mini",
         audio=AudioConfig(max_seconds=30.0),
         encoder=whisper_base_encoder(),
         adapter=AdapterConfig(d_model=192, n_layers=2, n_heads=4, ffn_dim=512, max_positions=400,
-                              output="token_mix"),
+                              output="token_pack", cue_frames=True, bigram_frames=True),
         llm=LLMConfig(
             hidden_size=256, intermediate_size=1024, n_layers=4, n_heads=4, n_kv_heads=2,
             vocab_size=640, rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=1024,

@@ -154,6 +154,9 @@ NEUTRAL_REPLY = {"reference": "<中立>", "mini": "<NEUTRAL>"}
 # Defaults the tag think uses for a missing field when it does not write <&&>.
 FIELD_DEFAULTS = {"emotion": "<NEUTRAL>", "age": "<ADULT>", "gender": "<MALE>", "event": NO_EVENT}
 LABEL_SETS = {"age": AGES, "gender": GENDERS, "emotion": USER_EMOTIONS, "event": SOUND_EVENTS}
+# Cue field -> the key of a record's ``extra`` that holds its label, in the order a token adapter spells
+# the cue tags after the transcript (and the order of its cue frames, AdapterConfig.cue_frames).
+CUE_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}
 # Every English label tag: the mini tokenizer makes each one token, so a cue answer is one decision.
 MINI_LABEL_TAGS = tuple(dict.fromkeys((*AGES, *GENDERS, *USER_EMOTIONS, *SOUND_EVENTS, *REPLY_EMOTIONS["mini"])))
 

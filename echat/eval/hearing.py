@@ -14,8 +14,9 @@ a tiny LLM recites a memorised sentence almost perfectly. The honest figures (se
 - the cosine between the mean adapter frames of different clips (near 1: one shared vector
   dominates what the LLM reads);
 - for a token adapter, the two links apart: the adapter's **spelling CER** (its mixing weights read as
-  text against transcript + tags: does the adapter hear?) and the LLM's first-token accuracy on exact
-  **dictation** frames of the transcript (can the LLM copy what it is shown?).
+  text against transcript + tags: does the adapter hear?) with the share of clips whose spelled tags
+  are right per cue field, and the LLM's first-token accuracy and greedy CER on exact **dictation**
+  frames of the transcript (can the LLM copy what it is shown?).
 
 Sets (fixed, manifest order): ``train`` (the first ``size`` distinct training clips), ``seen`` and
 ``unseen`` (the first ``size`` clips of each test subset). Tasks: ASR (``<TRANSCRIBE>``) and one ASR+P
@@ -25,6 +26,7 @@ task (:data:`ASRP_TASK`), whose label is built from the clip's own labels exactl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections import Counter
@@ -34,10 +36,10 @@ import torch
 
 from echat.config import GenerationOptions
 from echat.data.pipeline import DataPipeline, Sample
-from echat.eval.metrics import cer, split_asr_output
+from echat.eval.metrics import cer, pick_label, split_asr_output
 from echat.models.adapter import TOKEN_OUTPUTS, ctc_path
 from echat.models.encoder import EncoderCache
-from echat.tokens import TRANSCRIBE, canonical_label
+from echat.tokens import LABEL_SETS, TRANSCRIBE, canonical_label
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
 ASRP_FIELDS = (("emotion", "q_emotion"), ("age", "age"), ("gender", "gender"))  # task order
@@ -149,12 +151,31 @@ def tag_tokens(model) -> int:
 
 
 @torch.no_grad()
-def greedy_transcripts(model, samples: list[Sample]) -> list[str]:
-    """Greedy ASR transcripts of the clips (any tags dropped)."""
+def greedy_transcripts(model, samples: list[Sample], dictated: bool = False) -> list[str]:
+    """Greedy ASR transcripts of the clips (any tags dropped). ``dictated``: the LLM reads exact
+    dictation frames of each clip instead of the audio (the LLM's copying alone, as greedy CER)."""
     from echat.models.generate import generate
 
-    return [split_asr_output(generate(model, s.audio, task=TRANSCRIBE, options=GREEDY_OPTIONS).raw_text)[0]
-            for s in samples]
+    out = []
+    for sample in samples:
+        with dictating(model, sample.record) if dictated else contextlib.nullcontext():
+            result = generate(model, sample.audio, task=TRANSCRIBE, options=GREEDY_OPTIONS)
+        out.append(split_asr_output(result.raw_text)[0])
+    return out
+
+
+@contextlib.contextmanager
+def dictating(model, record):
+    """Within the block, ``model`` reads the dictation frames of ``record``'s transcript and tags
+    (:func:`echat.train.bridge.dictation_for`) wherever it would read a clip's adapter frames."""
+    from echat.train.bridge import bridge_targets, dictation_for
+
+    targets = bridge_targets([record], model.tokenizer).to(model.device)
+    model.encode_clips = lambda feats, lengths: dictation_for(model, lengths, targets)
+    try:
+        yield model
+    finally:
+        del model.encode_clips  # the class's own method again
 
 
 @torch.no_grad()
@@ -172,31 +193,43 @@ def frame_cosine(model, samples: list[Sample]) -> float:
 
 
 @torch.no_grad()
-def adapter_spelling_cer(model, samples: list[Sample]) -> float | None:
-    """CER of what a token adapter shows the LLM, read as text (the greedy path of its mixing logits,
-    repeats merged, blanks dropped) against the transcript and cue tags; None for other adapters."""
-    from echat.train.bridge import cue_tags
+def adapter_reading(model, samples: list[Sample]) -> dict:
+    """What a token adapter shows the LLM, read as text (the greedy path of its mixing logits, repeats
+    merged, blanks dropped, then the most likely tag of each cue frame): ``adapter_spelling_cer`` against
+    the transcript and cue tags, and
+    ``adapter_<field>_accuracy``, the share of clips whose spelled tags hold the right label of each cue
+    field. Empty for other adapters."""
+    from echat.train.bridge import CUE_FIELDS, cue_tags
 
     if model.adapter.output not in TOKEN_OUTPUTS:
-        return None
-    refs, hyps = [], []
+        return {}
+    refs, hyps, hits = [], [], Counter()
     records = {s.record.key: s.record for s in samples}
     for batch in DataPipeline(model.config, model.tokenizer, train=False).batches(samples):
         clips = model.encode_clips(batch.feats.to(model.device), batch.feat_lengths.to(model.device))
         blank = clips.token_logits.shape[-1] - 1
-        for ids, n, key in zip(clips.token_logits.argmax(-1).tolist(), clips.lengths.tolist(), batch.keys,
-                               strict=True):
+        for row, (ids, n, key) in enumerate(zip(clips.token_logits.argmax(-1).tolist(), clips.lengths.tolist(),
+                                                batch.keys, strict=True)):
+            record = records[key]
             hyps.append(model.tokenizer.decode(ctc_path(ids[:n], blank)))
-            refs.append(records[key].extra["q_txt"] + cue_tags(records[key]))
-    return cer(refs, hyps)
+            if clips.cue_logits is not None:  # the tags come from the cue frames' classifiers
+                hyps[-1] += "".join(LABEL_SETS[name][int(logits[row].argmax())]
+                                    for name, logits in clips.cue_logits.items())
+            refs.append(record.extra["q_txt"] + cue_tags(record))
+            spelled = split_asr_output(hyps[-1])[1]
+            for name, extra_key in CUE_FIELDS.items():
+                hits[name] += pick_label(spelled, name) == canonical_label(name, record.extra[extra_key])
+    return {"adapter_spelling_cer": cer(refs, hyps),
+            **{f"adapter_{name}_accuracy": hits[name] / len(refs) for name in CUE_FIELDS}}
 
 
-def first_token_accuracy(model, samples: list[Sample], task: str = TRANSCRIBE) -> float:
-    """Teacher-forced first-answer-token accuracy of ``task`` on the clips (logged during stage 1)."""
+def first_token_accuracy(model, samples: list[Sample], task: str = TRANSCRIBE, dictated: bool = False) -> float:
+    """Teacher-forced first-answer-token accuracy of ``task`` on the clips (logged during stages 0 and 1);
+    ``dictated``: read from dictation frames (see :func:`teacher_forced`)."""
     was_training = model.training
     model.eval()
     try:
-        return teacher_forced(model, [as_task(s, task) for s in samples]).first_token_accuracy()
+        return teacher_forced(model, [as_task(s, task) for s in samples], dictated).first_token_accuracy()
     finally:
         model.train(was_training)
 
@@ -233,12 +266,14 @@ def _hearing_report(model, sets: dict[str, list[Sample]], heads, greedy: bool) -
                "frame_cosine": frame_cosine(model, samples)}
         if model.adapter.output in TOKEN_OUTPUTS:
             dictated = teacher_forced(model, [as_task(s, TRANSCRIBE) for s in samples], dictated=True)
-            row.update(dictation_first_token=dictated.first_token_accuracy(),
-                       adapter_spelling_cer=adapter_spelling_cer(model, samples))
+            row.update(dictation_first_token=dictated.first_token_accuracy(), **adapter_reading(model, samples))
         if greedy:
             hyps = greedy_transcripts(model, samples)
             row.update(greedy_cer=cer([s.record.extra["q_txt"] for s in samples], hyps),
                        distinct_outputs=len(set(hyps)), examples=hyps[:3])
+            if model.adapter.output in TOKEN_OUTPUTS:
+                copied = greedy_transcripts(model, samples, dictated=True)
+                row["dictation_greedy_cer"] = cer([s.record.extra["q_txt"] for s in samples], copied)
         if heads is not None:
             from echat.train.bridge import probe
 
@@ -258,7 +293,9 @@ def hearing_run(run: str | Path, corpus: str | Path, size: int = 32, greedy: boo
     model = load_model(run)
     heads = _heads(run, model.config)
     sets = hearing_sets(load_split(corpus, "train", model.config), load_split(corpus, "test", model.config), size)
+    model.encoder_cache = EncoderCache.beside(corpus, model.encoder)
     report = hearing_report(model, sets, heads, greedy)
+    model.encoder_cache.save()
     report["run"] = str(run)
     return report
 
@@ -275,7 +312,8 @@ def _heads(run, config):
 
 ROWS = ("clips", "asr_first_token", "asr_first_token_guess", "asr_all_tokens", "asrp_first_token", "asrp_tags",
         "asrp_tags_guess", "asrp_all_tokens", "greedy_cer", "distinct_outputs", "frame_cosine",
-        "adapter_spelling_cer", "dictation_first_token", "probe_cer",
+        "adapter_spelling_cer", "adapter_gender_accuracy", "adapter_age_accuracy", "adapter_emotion_accuracy",
+        "adapter_event_accuracy", "dictation_first_token", "dictation_greedy_cer", "probe_cer",
         "probe_gender_accuracy", "probe_age_accuracy", "probe_emotion_accuracy", "probe_event_accuracy")
 
 

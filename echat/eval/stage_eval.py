@@ -67,6 +67,7 @@ from echat.eval.metrics import (
     think_parse_rate,
     wer,
 )
+from echat.models.encoder import EncoderCache
 from echat.prompts import Cues, default_options, parse_tag_think, split_reply_tag
 from echat.tokens import (
     LABEL_SETS,
@@ -389,13 +390,16 @@ def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[st
     report = {"model": model.config.name, "corpus": str(corpus), "split": split, "stages": list(stages),
               "think": think, "limit": limit, "prompt_set": prompt_set, "protocol": PROTOCOL,
               "reply_emotion_classifier": classifier_info, "subsets": {}}
-    was_training = model.training
+    was_training, cache_before = model.training, model.encoder_cache
     model.eval()
+    model.encoder_cache = cache_before or EncoderCache.beside(corpus, model.encoder)
     try:
         for name, group in group_subsets(records).items():
             report["subsets"][name] = _subset_report(ctx, group, stages, name)
     finally:
         model.train(was_training)
+        model.encoder_cache.save()
+        model.encoder_cache = cache_before
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from echat.config import AdapterConfig
 from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, valid_mask
+from echat.tokens import CUE_FIELDS, LABEL_SETS
 
 __all__ = [
     "TOKEN_OUTPUTS",
@@ -35,6 +36,8 @@ __all__ = [
     "CausalConvDownsampler",
     "ctc_path",
     "pack_tokens",
+    "place_after",
+    "spoken_tokens",
     "wenet_sinusoids",
 ]
 
@@ -47,6 +50,7 @@ class AdapterOutput(NamedTuple):
     embeddings: Tensor  # (B, T'', output_dim); padded rows are zero
     lengths: Tensor  # (B,) int64
     token_logits: Tensor | None = None  # (B, T'', V + 1) with a token output: text tokens, then the blank
+    cue_logits: dict[str, Tensor] | None = None  # field -> (B, labels) with cue frames (LABEL_SETS order)
 
 
 def wenet_sinusoids(length: int, channels: int) -> Tensor:
@@ -151,14 +155,28 @@ class Adapter(nn.Module):
         if cfg.output in TOKEN_OUTPUTS:
             self.blank = nn.Parameter(torch.zeros(output_dim))  # what the LLM reads where no token is spoken
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # softmax sharpness (learned)
+        if (cfg.cue_frames or cfg.bigram_frames) and cfg.output != "token_pack":
+            raise ValueError(f"cue_frames and bigram_frames need the 'token_pack' adapter output, not {cfg.output!r}")
+        if cfg.cue_frames:  # on the clip's mean encoder frame, apart from the transformer that spells
+            self.cue_trunk = nn.Sequential(nn.Linear(input_dim, cfg.d_model), nn.GELU())
+            self.cues = nn.ModuleDict({name: nn.Linear(cfg.d_model, len(LABEL_SETS[name])) for name in CUE_FIELDS})
+        self.bigram_frames = cfg.bigram_frames
+        if cfg.bigram_frames:  # fixed, rebuilt from seed 0 (not in the state dict): no weights, no keys
+            generator = torch.Generator().manual_seed(0)
+            rotation, _ = torch.linalg.qr(torch.randn(output_dim, output_dim, generator=generator))
+            self.register_buffer("previous_map", rotation, persistent=False)  # (H, H)
+            start = torch.randn(output_dim, generator=generator)
+            self.register_buffer("first_previous", start / start.pow(2).mean().sqrt(), persistent=False)  # RMS 1
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Valid adapter outputs for ``lengths`` encoder frames."""
         return self.downsample.output_lengths(lengths)
 
-    def forward(self, x: Tensor, lengths: Tensor, token_table: Tensor | None = None) -> AdapterOutput:
+    def forward(self, x: Tensor, lengths: Tensor, token_table: Tensor | None = None,
+                cue_ids: dict[str, Tensor] | None = None) -> AdapterOutput:
         """``x`` (B, T, input_dim), ``lengths`` (B,) → ``AdapterOutput`` (B, T'', output_dim).
-        ``token_table`` (V, output_dim): the LLM's input embeddings, needed by output "token_mix"."""
+        ``token_table`` (V, output_dim): the LLM's input embeddings, needed by the token outputs;
+        ``cue_ids``: field -> token ids (labels,) of its label tags in LABEL_SETS order, for cue frames."""
         if x.dim() != 3 or x.size(-1) != self.input_dim:
             raise ValueError(f"Adapter expects (B, T, {self.input_dim}) frames, got {tuple(x.shape)}")
         batch, frames, _ = x.shape
@@ -173,17 +191,51 @@ class Adapter(nn.Module):
         check_lengths(lengths, batch, frames, "Adapter")
         y, out_lengths = self.downsample(x, lengths)  # (B, T'', D)
         mask = valid_mask(out_lengths, y.size(1))  # (B, T'')
-        y = self.proj(self.transformer(y, mask))  # (B, T'', output_dim)
-        logits = None
+        hidden = self.transformer(y, mask)  # (B, T'', D)
+        y = self.proj(hidden)  # (B, T'', output_dim)
+        logits = cue_logits = None
         if self.output == "clip_norm":
             y = _normalise_clips(y, mask)
         elif self.output in TOKEN_OUTPUTS:
             y, logits = self._token_mix(y, token_table)
             if self.output == "token_pack":
-                y = pack_tokens(y, logits.argmax(-1), out_lengths, blank=logits.shape[-1] - 1)
+                ids = logits.argmax(-1)  # (B, T'')
+                y = pack_tokens(y, ids, out_lengths, blank=logits.shape[-1] - 1)
+                spoken = spoken_tokens(ids, out_lengths, blank=logits.shape[-1] - 1).sum(1)  # (B,)
+                if hasattr(self, "cues"):
+                    cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids)
+                    y = place_after(y, frames, spoken, out_lengths)
+                    spoken = spoken + frames.shape[1]
+                if self.bigram_frames:
+                    y = self.add_previous(y, torch.minimum(spoken, out_lengths))
         if self.output_rms:
             y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
-        return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits)
+        return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits, cue_logits)
+
+    def add_previous(self, frames: Tensor, counts: Tensor) -> Tensor:
+        """Packed frames (B, T, H), of which the first ``counts`` (B,) per clip are tokens: each of those
+        plus the frame before it turned by ``previous_map``; the first one's predecessor is the fixed
+        ``first_previous`` direction at the RMS of the clip's first frame."""
+        rms = frames[:, :1].pow(2).mean(-1, keepdim=True).sqrt()  # (B, 1, 1)
+        before = torch.cat([self.first_previous * rms, frames[:, :-1]], dim=1)  # (B, T, H)
+        in_front = torch.arange(frames.shape[1], device=frames.device)[None] < counts[:, None]  # (B, T)
+        return frames + (before @ self.previous_map.T) * in_front.unsqueeze(-1).to(frames.dtype)
+
+    def _cue_frames(self, x: Tensor, lengths: Tensor, token_table: Tensor,
+                    cue_ids: dict[str, Tensor] | None) -> tuple[dict[str, Tensor], Tensor]:
+        """Encoder frames (B, T, input_dim) with lengths (B,) -> each cue field's logits (B, labels) from the
+        clip's mean encoder frame, and the cue frames (B, fields, H): per field, the softmax-weighted mix of
+        its label tags' embeddings.
+
+        Why the encoder frames and not the adapter's transformer: trained through the transformer, the cue
+        losses slowed its token CTC (loss 4.3 against 2.4 after 200 steps, docs/hearing.md E24)."""
+        if cue_ids is None:
+            raise ValueError("an adapter with cue frames needs the token ids of the cue label tags")
+        valid = valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        pooled = self.cue_trunk((x * valid).sum(1) / valid.sum(1).clamp(min=1))  # (B, D)
+        logits = {name: head(pooled) for name, head in self.cues.items()}
+        frames = torch.stack([logits[name].softmax(-1) @ token_table[cue_ids[name]] for name in self.cues], 1)
+        return logits, frames  # frames: (B, fields, H)
 
     def _token_mix(self, y: Tensor, token_table: Tensor | None) -> tuple[Tensor, Tensor]:
         """Projected frames (B, T'', H) -> mixtures of [token_table; blank] (B, T'', H) and their logits
@@ -203,6 +255,14 @@ def ctc_path(ids: list[int], blank: int) -> list[int]:
     return [i for t, i in enumerate(ids) if i != blank and (t == 0 or i != ids[t - 1])]
 
 
+def spoken_tokens(ids: Tensor, lengths: Tensor, blank: int) -> Tensor:
+    """Where the greedy CTC path of ``ids`` (B, T) emits a token (leaves the blank or changes token)
+    within each clip's ``lengths`` (B,): a bool mask (B, T)."""
+    valid = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]  # (B, T)
+    previous = F.pad(ids[:, :-1], (1, 0), value=blank)
+    return valid & (ids != blank) & (ids != previous)
+
+
 def pack_tokens(frames: Tensor, ids: Tensor, lengths: Tensor, blank: int) -> Tensor:
     """Greedy CTC collapse, length-preserving: the frames (B, T, H) where ``ids`` (B, T) leaves the blank
     or changes token move to the front of their clip, in order; every other frame becomes zero.
@@ -210,13 +270,24 @@ def pack_tokens(frames: Tensor, ids: Tensor, lengths: Tensor, blank: int) -> Ten
     Why: the LLM then reads the spoken tokens as consecutive positions, as it reads text, instead of
     tokens scattered between blanks; the number of frames (and so the sequence layout) does not change.
     The order is decided by the greedy ids; gradients flow through the kept frames."""
-    valid = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]  # (B, T)
-    previous = F.pad(ids[:, :-1], (1, 0), value=blank)
-    keep = valid & (ids != blank) & (ids != previous)  # (B, T)
+    keep = spoken_tokens(ids, lengths, blank)  # (B, T)
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept frames first, in time order
     packed = frames.gather(1, order.unsqueeze(-1).expand_as(frames))  # (B, T, H)
     in_front = torch.arange(ids.shape[1], device=ids.device)[None] < keep.sum(1, keepdim=True)  # (B, T)
     return packed * in_front.unsqueeze(-1).to(frames.dtype)
+
+
+def place_after(frames: Tensor, extra: Tensor, counts: Tensor, lengths: Tensor) -> Tensor:
+    """``frames`` (B, T, H) with ``extra`` (B, K, H) written at positions ``counts .. counts + K - 1`` of
+    each clip (moved back so that they end by the clip's ``lengths`` (B,) when there is no room; what
+    does not fit in a clip shorter than K is dropped). Differentiable in both inputs."""
+    steps, k = frames.shape[1], extra.shape[1]
+    start = torch.minimum(counts, lengths - k).clamp(min=0)  # (B,)
+    where = start[:, None] + torch.arange(k, device=frames.device)[None]  # (B, K)
+    fits = (where < lengths[:, None]).to(frames.dtype)  # (B, K)
+    onehot = F.one_hot(where.clamp(max=steps - 1), steps).to(frames.dtype) * fits[..., None]  # (B, K, T)
+    covered = onehot.sum(1).clamp(max=1).unsqueeze(-1)  # (B, T, 1)
+    return frames * (1 - covered) + onehot.transpose(1, 2) @ extra
 
 
 def _normalise_clips(y: Tensor, mask: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from echat.config import EChatConfig, LLMConfig
 from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput
 from echat.models.encoder import EncoderOutput, SpeechEncoder
 from echat.models.speech import speech_embedding, speech_head
-from echat.tokens import IGNORE_INDEX, Stream
+from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, Stream
 
 
 def qwen2_config(cfg: LLMConfig) -> Qwen2Config:
@@ -119,7 +119,26 @@ class EChat(nn.Module):
         """Encoder frames -> the adapter frames the LLM reads (a token-mix adapter mixes the LLM's own
         input embeddings)."""
         table = self.llm.get_input_embeddings().weight if self.adapter.output in TOKEN_OUTPUTS else None
-        return self.adapter(enc.hidden, enc.lengths, table)
+        cue_ids = self.cue_token_ids() if self.config.adapter.cue_frames else None
+        return self.adapter(enc.hidden, enc.lengths, table, cue_ids)
+
+    def cue_token_ids(self) -> dict[str, Tensor]:
+        """field -> the token ids (labels,) of its label tags (LABEL_SETS order), each tag one token of the
+        text tokenizer, as the mini tokenizer makes them; an adapter with cue frames mixes their embeddings."""
+        if self.tokenizer is None:
+            raise ValueError("an adapter with cue frames needs the model's text tokenizer")
+        cached = self.__dict__.get("_cue_ids")
+        if cached and cached[0] is self.tokenizer and cached[1] == self.device:
+            return cached[2]
+        out = {}
+        for name in CUE_FIELDS:
+            ids = [self.tokenizer(tag, add_special_tokens=False)["input_ids"] for tag in LABEL_SETS[name]]
+            split = [tag for tag, row in zip(LABEL_SETS[name], ids, strict=True) if len(row) != 1]
+            if split:
+                raise ValueError(f"cue frames need every label tag as one token; this tokenizer splits {split}")
+            out[name] = torch.tensor([row[0] for row in ids], device=self.device)
+        self.__dict__["_cue_ids"] = (self.tokenizer, self.device, out)
+        return out
 
     def run_encoder(self, feats: Tensor, lengths: Tensor) -> EncoderOutput:
         """Encoder frames (N, T', D) of log-mel clips (N, T, n_mels), through the cache when one is set."""

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -45,6 +47,7 @@ __all__ = [
     "load_whisper_encoder",
     "valid_mask",
     "whisper_sinusoids",
+    "weights_fingerprint",
     "whisper_to_encoder_state_dict",
 ]
 
@@ -259,10 +262,40 @@ class EncoderCache:
     the rest of a training step; computing each clip once makes a step cost the adapter and the LLM only.
     Clips are keyed by their exact log-mel (length and bytes), so a changed input is a new entry; the
     encoder runs in eval mode without gradients. Never use it while the encoder's weights change.
+
+    With a ``path`` (see :meth:`beside`) the frames outlive the process: every stage, evaluation and
+    ablation of a corpus encodes each clip once in all (Whisper base: ~150 s for EChat-mini's
+    1,600 training clips on 2 cores; ~0.3 MB per clip on disk). The file name carries a fingerprint
+    of the encoder's weights, so another encoder never reads these frames.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else None
         self.frames: dict[bytes, Tensor] = {}  # clip key -> (T', D) valid frames
+        self.added = 0  # entries not yet saved
+        if self.path and self.path.exists():
+            self.frames = torch.load(self.path, weights_only=True)
+
+    @classmethod
+    def beside(cls, folder: str | Path, encoder: SpeechEncoder) -> EncoderCache:
+        """The cache of ``encoder``'s frames kept in ``folder/cache/`` (a corpus folder)."""
+        return cls(Path(folder) / "cache" / f"encoder-{weights_fingerprint(encoder)}.pt")
+
+    def save(self) -> Path | None:
+        """Write new entries to ``path`` (atomically); None when there is no path or nothing new.
+        A folder that cannot be written is reported on one line; training goes on without the file."""
+        if not self.path or not self.added:
+            return None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            torch.save(self.frames, partial)
+            os.replace(partial, self.path)
+        except OSError as error:
+            print(f"encoder cache not saved ({self.path}): {error}")
+            return None
+        self.added = 0
+        return self.path
 
     @staticmethod
     def key(feats: Tensor) -> bytes:
@@ -282,11 +315,21 @@ class EncoderCache:
             encoder.train(was_training)
             for row, i in enumerate(missing):
                 self.frames[keys[i]] = out.hidden[row, : int(out.lengths[row])].clone()
+            self.added += len(missing)
         out_lengths = ceil_div(lengths, 2)
         hidden = feats.new_zeros(len(keys), math.ceil(feats.shape[1] / 2), encoder.after_norm.normalized_shape[0])
         for i, k in enumerate(keys):
             hidden[i, : int(out_lengths[i])] = self.frames[k]
         return EncoderOutput(hidden, out_lengths)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """16 hex digits that change when any of ``module``'s parameters or buffers change."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Design choices:
   ``llm.`` ↔ ``llama_model.``, ``adapter.downsample.`` ↔ ``down_sample_2.``, ``adapter.proj.`` ↔
   ``speech_llama_proj.``, ``speech_embedding.`` ↔ ``speech_token_emded.`` (the reference's typo);
   ``encoder.`` and ``speech_head.`` are unchanged. A token-mix adapter (mini world only) adds
-  ``speech_mix_blank`` and ``speech_mix_log_scale`` after them.
+  ``speech_mix_blank`` and ``speech_mix_log_scale`` after them, and its cue frames ``speech_cue_trunk.`` and
+  ``speech_cue_heads.``.
 - Export reproduces the reference's key order (its module registration order): encoder, ln_speech,
   speech_transformer, llama_model, down_sample_2, speech_llama_proj, the aliases ``embed_tokens``
   and ``lm_head``, speech_token_emded, speech_head. Within a prefix our own order is kept, which our
@@ -54,6 +55,8 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     # The mini world's token-mix adapter output (AdapterConfig.output): not in the released model.
     ("adapter.blank", "speech_mix_blank"),
     ("adapter.log_scale", "speech_mix_log_scale"),
+    ("adapter.cue_trunk.", "speech_cue_trunk."),  # its cue frames' classifiers (AdapterConfig.cue_frames)
+    ("adapter.cues.", "speech_cue_heads."),
 )
 # Reference alias key → the reference key it duplicates.
 ALIASES: dict[str, str] = {

@@ -33,11 +33,10 @@ from torch import Tensor, nn
 from echat.data.schema import Record
 from echat.models.adapter import AdapterOutput, ctc_path
 from echat.models.echat import EChatOutput
-from echat.tokens import IGNORE_INDEX, LABEL_SETS, canonical_label
+from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, canonical_label
 
-# Cue field -> the key of ``Record.extra`` that holds its label.
-CUE_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}
 SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
+RANDOM = "~random"  # key suffix of a record made by random_words
 # Characters of the encoder's CTC head (the CTC blank is one more class, after these).
 CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
@@ -52,24 +51,38 @@ class BridgeTargets:
     cues: dict[str, Tensor]
     chars: Tensor | None = None  # transcript characters (indices into CHARS), concatenated
     char_lengths: Tensor | None = None  # (N,)
+    tag_counts: Tensor | None = None  # (N,) cue-tag tokens at the end of each clip's tokens
 
     def to(self, device) -> BridgeTargets:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return BridgeTargets(move(self.tokens), move(self.token_lengths),
                              {k: v.to(device) for k, v in self.cues.items()}, move(self.chars),
-                             move(self.char_lengths))
+                             move(self.char_lengths), move(self.tag_counts))
+
+    def words_only(self) -> BridgeTargets:
+        """The same targets with each clip's cue tags dropped from its tokens (an adapter with cue frames
+        spells only the words; the tags come from its cue classifiers)."""
+        if self.tag_counts is None or not bool(self.tag_counts.any()):
+            return self
+        words = self.token_lengths - self.tag_counts  # (N,)
+        starts = torch.cumsum(self.token_lengths, 0) - self.token_lengths
+        keep = torch.cat([torch.arange(int(s), int(s) + int(n)) for s, n in zip(starts, words, strict=True)])
+        return dataclasses.replace(self, tokens=self.tokens[keep.to(self.tokens.device)], token_lengths=words,
+                                   tag_counts=torch.zeros_like(self.tag_counts))
 
 
 def bridge_targets(records: list[Record], tokenizer) -> BridgeTargets | None:
     """Targets for a batch whose rows each hold one clip spoken from ``extra.q_txt``; None otherwise."""
     if not records or any(not r.wav or r.history or not r.extra.get("q_txt") for r in records):
         return None
-    ids = [tokenizer(r.extra["q_txt"] + cue_tags(r), add_special_tokens=False)["input_ids"] for r in records]
+    words = [tokenizer(r.extra["q_txt"], add_special_tokens=False)["input_ids"] for r in records]
+    tags = [tokenizer(cue_tags(r), add_special_tokens=False)["input_ids"] for r in records]
+    ids = [w + t for w, t in zip(words, tags, strict=True)]
     cues = {name: torch.tensor([_class_index(name, r.extra.get(key)) for r in records])
             for name, key in CUE_FIELDS.items()}
     chars = [[CHARS.index(c) for c in r.extra["q_txt"].lower() if c in CHARS] for r in records]
     return BridgeTargets(_flat(ids), torch.tensor([len(row) for row in ids]), cues,
-                         _flat(chars), torch.tensor([len(row) for row in chars]))
+                         _flat(chars), torch.tensor([len(row) for row in chars]), torch.tensor([len(t) for t in tags]))
 
 
 def shuffled_words(record: Record, rng: random.Random) -> Record:
@@ -85,6 +98,27 @@ def shuffled_words(record: Record, rng: random.Random) -> Record:
     shuffled = " ".join(words)
     return dataclasses.replace(record, key=f"{record.key}{SHUFFLED}", txt=shuffled + record.txt[len(spoken):],
                                extra={**record.extra, "q_txt": shuffled})
+
+
+def random_words(record: Record, rng: random.Random, words: list[str]) -> Record:
+    """The record with its spoken transcript (``extra.q_txt``) replaced by as many words drawn at random
+    from ``words``, in the transcript and at the start of the answer (``txt``), under the key
+    ``<key>~random``; the audio is not touched. Records whose answer does not start with the transcript
+    (only-P) come back unchanged.
+
+    Why: neither a memorised sentence nor a bag of its words predicts such an answer; only copying the
+    dictated prefix does, so the LLM cannot learn the task by reciting (docs/hearing.md)."""
+    spoken = record.extra.get("q_txt") or ""
+    if not spoken or not words or not record.txt.startswith(spoken):
+        return record
+    drawn = " ".join(rng.choice(words) for _ in spoken.split())
+    return dataclasses.replace(record, key=f"{record.key}{RANDOM}", txt=drawn + record.txt[len(spoken):],
+                               extra={**record.extra, "q_txt": drawn})
+
+
+def corpus_words(records: list[Record]) -> list[str]:
+    """The distinct words of the records' spoken transcripts (``extra.q_txt``), sorted."""
+    return sorted({word for r in records for word in (r.extra.get("q_txt") or "").split()})
 
 
 def cue_tags(record: Record) -> str:
@@ -193,7 +227,11 @@ def dictation_for(echat, feat_lengths: Tensor, targets: BridgeTargets) -> Adapte
     lengths = echat.adapter.output_lengths(echat.encoder.output_lengths(feat_lengths))
     table = echat.llm.get_input_embeddings().weight
     if echat.adapter.output == "token_pack":
-        return packed_dictation_clips(targets, lengths, table)
+        clips = packed_dictation_clips(targets, lengths, table)
+        if echat.adapter.bigram_frames:
+            counts = torch.minimum(targets.token_lengths.to(lengths.device), lengths)
+            clips = clips._replace(embeddings=echat.adapter.add_previous(clips.embeddings, counts))
+        return clips
     blank = getattr(echat.adapter, "blank", None)
     return dictation_clips(targets, lengths, table, blank if blank is not None else table.new_zeros(()))
 
@@ -204,6 +242,17 @@ def token_ctc_loss(logits: Tensor, lengths: Tensor, targets: BridgeTargets) -> T
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, V + 1)
     return F.ctc_loss(log_probs, targets.tokens, lengths, targets.token_lengths, blank=logits.shape[-1] - 1,
                       zero_infinity=True)
+
+
+def cue_frame_losses(cue_logits: dict[str, Tensor], targets: BridgeTargets) -> dict[str, Tensor]:
+    """Cross-entropy of an adapter's cue classifiers (field -> (N, labels)) against the clips' labels, as
+    ``cue_frame_<field>``; fields without a known label in the batch are left out."""
+    out = {}
+    for name, logits in cue_logits.items():
+        labels = targets.cues.get(name)
+        if labels is not None and bool((labels != IGNORE_INDEX).any()):
+            out[f"cue_frame_{name}"] = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+    return out
 
 
 class BridgedModel(nn.Module):
@@ -240,7 +289,9 @@ class BridgedModel(nn.Module):
         out.aux = {"char_ctc": self.heads.char_ctc_loss(enc.hidden, enc.lengths, targets),
                    **self.heads.cue_losses(enc.hidden, enc.lengths, targets)}
         if self.token_ctc and clips.token_logits is not None:  # a token-mix adapter's own mixing weights
-            out.aux["token_ctc"] = token_ctc_loss(clips.token_logits, clips.lengths, targets)
+            spelled = targets.words_only() if clips.cue_logits is not None else targets
+            out.aux["token_ctc"] = token_ctc_loss(clips.token_logits, clips.lengths, spelled)
+            out.aux.update(cue_frame_losses(clips.cue_logits or {}, targets))
         elif self.token_ctc:
             table = self.echat.llm.get_input_embeddings().weight.detach()  # the adapter moves, not the LLM
             out.aux["token_ctc"] = self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets)

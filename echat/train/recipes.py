@@ -2,10 +2,11 @@
 
 The understanding-driven recipe of the paper, plus a stage 0 for the mini world:
 - ``text`` (mini only): *dictation* — the understanding tasks answered from the transcript's own token
-  embeddings packed at the start of the audio positions (:func:`echat.train.bridge.packed_dictation_clips`),
-  optionally a share with the words shuffled — so that the LLM learns to repeat what it is shown, as a real
-  instruction-tuned LLM can; ASR alone first, then with ASR+P, only-P and language modelling of the
-  corpus text (loss on the whole ChatML text of T2T-shaped records);
+  embeddings packed at the start of the audio positions (:func:`echat.train.bridge.packed_dictation_clips`;
+  with the mini adapter's bigram frames, each carrying the one before it), optionally a share with the
+  words shuffled or replaced by random corpus words — so that the LLM learns to repeat what it is shown,
+  as a real instruction-tuned LLM can; ASR alone first, then with ASR+P, only-P and language modelling of
+  the corpus text (loss on the whole ChatML text of T2T-shaped records);
 - ``understanding``: ASR + ASR+P + only-P; the adapter trains, the encoder (Whisper base in the mini
   world) and the LLM stay frozen, as in the paper. It opens with a bridge-only phase: the adapter's token
   CTC over transcript + cue tags, no LLM forward, so that the adapter spells what the LLM learned to
@@ -63,6 +64,8 @@ class StageRecipe:
     # with dictation: the share of transcripts whose words are shuffled, so that only copying the prefix
     # (not recalling a memorised sentence) predicts the answer (echat.train.bridge.shuffled_words)
     shuffled_dictation: float = 0.0
+    # with dictation: the share of transcripts replaced by random corpus words (echat.train.bridge.random_words)
+    random_dictation: float = 0.0
     epoch_size: int = 512  # records drawn per epoch (then batched)
 
     @property
@@ -103,9 +106,8 @@ def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
 
 UNDERSTANDING_MIX = (("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0))
 # Stage 0 opens with ASR dictation alone: copying the transcript is the skill stage 1 relies on, and it
-# appears abruptly, only when nothing else competes (docs/hearing.md: E8b copied after 500-1000 steps of
-# ASR dictation; E8a, E11 and E17, with text LM or shuffled words, had not after 500-1,000 steps). Then
-# the tags and the corpus text join.
+# appears abruptly (docs/hearing.md: without bigram frames it appeared in 2 of 7 runs of 500-1,000 steps;
+# with them, on both seeds tried, at 400-700 steps, E22). Then the tags and the corpus text join.
 DICTATION_MIX = (("text_lm", 1.0), ("asr", 2.0), ("asrp", 1.0), ("only_p", 1.0))
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from echat.data.pipeline import Sample, SkipSummary, load_samples
 from echat.data.schema import read_manifest
 from echat.models.checkpoint import FINAL
+from echat.models.encoder import EncoderCache
 from echat.train.recipes import StageRecipe, recipe
 from echat.train.trainer import Trainer, TrainingError
 
@@ -40,8 +43,9 @@ def check_corpus(corpus: str | Path) -> Path:
     return corpus
 
 
-def _model(preset: str, corpus: Path, init: str | Path | None):
-    from echat.models.checkpoint import resolve_checkpoint
+def _model(preset: str, corpus: Path, init: str | Path | None, seed: int | None = None):
+    from echat.config import preset as preset_config
+    from echat.models.checkpoint import model_from_preset, resolve_checkpoint
     from echat.models.echat import EChat
     from echat.text_tokenizer import load_tokenizer
 
@@ -50,8 +54,14 @@ def _model(preset: str, corpus: Path, init: str | Path | None):
         if model.config.name != preset:
             raise TrainingError(f"{init} holds a {model.config.name} model, not {preset}")
     else:
-        model = EChat.from_preset(preset, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
+        config = preset_config(preset)
+        if seed is not None:
+            config.train.seed = seed
+            torch.manual_seed(seed)  # the fresh weights follow the training seed
+        model = model_from_preset(config, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
         init_encoder(model)
+    if seed is not None:
+        model.config.train.seed = seed
     info = json.loads((corpus / "corpus.json").read_text()) if (corpus / "corpus.json").exists() else {}
     size = info.get("codebook_size", model.config.speech.codebook_size)
     if size != model.config.speech.codebook_size:
@@ -74,19 +84,26 @@ def init_encoder(model) -> None:
 
 
 def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset: str, init=None,
-                resume: bool = False, progress: bool = True, **trainer_args) -> Path:
-    """Train one stage into ``out``; returns the folder of its final checkpoint (``out/final``)."""
+                resume: bool = False, progress: bool = True, seed: int | None = None, **trainer_args) -> Path:
+    """Train one stage into ``out``; returns the folder of its final checkpoint (``out/final``).
+    ``seed`` replaces the training seed of the preset (or of the ``init`` checkpoint)."""
     corpus, out = check_corpus(corpus), Path(out)
-    model = _model(preset, corpus, init)
+    model = _model(preset, corpus, init, seed)
     if stage.lora and not hasattr(model.llm, "peft_config"):
         from echat.train.stages import add_lora
 
         add_lora(model)
+    cache = None if dict(stage.module_lr).get("encoder") else EncoderCache.beside(corpus, model.encoder)
     trainer = Trainer(model, stage, load_split(corpus, "train", model.config), out,
-                      dev=load_split(corpus, "dev", model.config), progress=progress, **trainer_args)
+                      dev=load_split(corpus, "dev", model.config), progress=progress, encoder_cache=cache,
+                      **trainer_args)
     if resume:
         trainer.resume()
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        if cache is not None and trainer.acc.is_main_process:
+            cache.save()
     trainer.acc.wait_for_everyone()
     if trainer.acc.is_main_process:
         trainer.bare_model().save(out / FINAL)
@@ -94,7 +111,7 @@ def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset:
 
 
 def run_recipe(name: str, corpus: str | Path, out: str | Path, think: str = "tag", progress: bool = True,
-               **trainer_args) -> list[Path]:
+               seed: int | None = None, **trainer_args) -> list[Path]:
     """Stages 0 -> 3 in order, each starting from the previous stage's final checkpoint.
     A stage whose ``final`` checkpoint already exists is not trained again."""
     check_corpus(corpus)
@@ -102,7 +119,8 @@ def run_recipe(name: str, corpus: str | Path, out: str | Path, think: str = "tag
     for index, stage in enumerate(recipe(name, think)):
         folder = out / f"{index}_{stage.name}"
         if not (folder / FINAL / "model.safetensors").exists():
-            train_stage(stage, corpus, folder, RECIPE_PRESET[name], init=init, progress=progress, **trainer_args)
+            train_stage(stage, corpus, folder, RECIPE_PRESET[name], init=init, progress=progress, seed=seed,
+                        **trainer_args)
         init = folder / FINAL
         finals.append(init)
     return finals

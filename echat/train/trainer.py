@@ -39,7 +39,7 @@ from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.hearing import distinct_clips
 from echat.models.checkpoint import LATEST
 from echat.models.encoder import EncoderCache
-from echat.train.bridge import BridgedModel, bridge_targets, shuffled_words
+from echat.train.bridge import BridgedModel, bridge_targets, corpus_words, random_words, shuffled_words
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import set_trainable
 
@@ -97,11 +97,13 @@ class Trainer:
 
     def __init__(self, model, recipe: StageRecipe, samples: list[Sample], out: str | Path,
                  dev: list[Sample] | None = None, eval_every: int = 100, save_every: int = 200, keep: int = 2,
-                 accelerator: Accelerator | None = None, progress: bool = True):
+                 accelerator: Accelerator | None = None, progress: bool = True,
+                 encoder_cache: EncoderCache | None = None):
         self.model, self.recipe, self.out = model, recipe, Path(out)
         self.config = model.config
         self.pool = RecordPool.from_records([s.record for s in samples])
         self.audio = {s.record.key: s for s in [*samples, *(dev or [])]}
+        self.words = corpus_words([s.record for s in samples])  # what random-word dictation draws from
         self.dev_pool = RecordPool.from_records([s.record for s in dev or []])
         self.eval_every, self.save_every, self.keep = eval_every, save_every, keep
         self.progress = progress
@@ -114,8 +116,8 @@ class Trainer:
                                                   find_unused_parameters=True)])
         self.tokenizer = model.tokenizer
         if not dict(recipe.module_lr).get("encoder"):  # a frozen encoder: each clip is encoded once
-            model.encoder_cache = EncoderCache()
-        self.hearing_clips = distinct_clips(dev or [])[:16]  # stage 1 logs whether the LLM path hears them
+            model.encoder_cache = encoder_cache or EncoderCache()
+        self.hearing_clips = distinct_clips(dev or [])[:16]  # stages 0-1 log whether the LLM copies / hears them
         if recipe.bridge or recipe.dictation:
             model = self.model = BridgedModel(model, recipe.bridge, recipe.token_ctc, recipe.dictation)
         self.optimizer = build_optimizer(self.bare_model(model), recipe, self.config,
@@ -134,10 +136,18 @@ class Trainer:
             out.append(Sample(r, base.audio if r.wav else None, base.history_audio if r.wav else []))
         return out
 
-    def _shuffled(self, record, rng: random.Random):
-        """A dictation drill of ``record`` (:func:`~echat.train.bridge.shuffled_words`), registered with
-        the record's audio so that batches and bridge targets find it by its key."""
-        drill = shuffled_words(record, rng)
+    def _drill(self, record, rng: random.Random):
+        """``record`` as drawn for a dictation epoch: with the recipe's odds a drill whose words are random
+        corpus words (:func:`~echat.train.bridge.random_words`) or its own words shuffled
+        (:func:`~echat.train.bridge.shuffled_words`), registered with the record's audio so that batches
+        and bridge targets find it by its key; otherwise the record itself."""
+        draw = rng.random() if record.wav else 1.0
+        if draw < self.recipe.random_dictation:
+            drill = random_words(record, rng, self.words)
+        elif draw < self.recipe.random_dictation + self.recipe.shuffled_dictation:
+            drill = shuffled_words(record, rng)
+        else:
+            return record
         base = self.audio[record.key]
         self.audio[drill.key] = Sample(drill, base.audio, base.history_audio)
         return drill
@@ -147,9 +157,8 @@ class Trainer:
         phase = self.recipe.phases[phase_index]
         rng = random.Random(self.config.train.seed * 7919 + epoch)
         records = mix_records(self.pool.by_family, phase, self.recipe.epoch_size, rng)
-        if self.recipe.shuffled_dictation:
-            records = [self._shuffled(r, rng) if r.wav and rng.random() < self.recipe.shuffled_dictation else r
-                       for r in records]
+        if self.recipe.shuffled_dictation or self.recipe.random_dictation:
+            records = [self._drill(r, rng) for r in records]
         batches = list(self.pipeline.batches(self._samples(records), epoch, phase.batch_scale))
         world, rank = self.acc.num_processes, self.acc.process_index
         usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
@@ -275,7 +284,7 @@ class Trainer:
             shown.append({"key": sample.record.key, "ref": sample.record.txt[:120], "hyp": result.raw_text[:120],
                           "speech_tokens": len(result.speech_tokens)})
         record["decodes"] = shown
-        if self.recipe.name == "understanding" and self.hearing_clips:
+        if self.hearing_clips and (self.recipe.name == "understanding" or self.recipe.dictation):
             record.update(self._hearing(model))
         self._log(record)
         if self.acc.is_main_process and self.progress:
@@ -285,13 +294,18 @@ class Trainer:
             if "hearing_first_token" in record:
                 tqdm.write(f"  hearing: first answer token {record['hearing_first_token']:.3f}"
                            + (f", encoder probe CER {record['probe_cer']:.3f}" if "probe_cer" in record else ""))
+            if "dictation_first_token" in record:
+                tqdm.write(f"  dictation: first answer token {record['dictation_first_token']:.3f}")
         return record
 
     def _hearing(self, model) -> dict:
-        """Stage 1's hearing figures on fixed dev clips: the LLM path's teacher-forced first answer token
-        (ASR) and, with bridge heads, the encoder's character-CTC probe CER."""
+        """Hearing figures on fixed dev clips: in stage 0, whether the LLM copies dictation (teacher-forced
+        first answer token of ASR); in stage 1, the same read from the audio through the LLM path and, with
+        bridge heads, the encoder's character-CTC probe CER."""
         from echat.eval.hearing import first_token_accuracy
 
+        if self.recipe.dictation:
+            return {"dictation_first_token": first_token_accuracy(model, self.hearing_clips, dictated=True)}
         out = {"hearing_first_token": first_token_accuracy(model, self.hearing_clips)}
         if self.recipe.bridge:
             from echat.train.bridge import probe

@@ -39,7 +39,7 @@ def test_shapes_and_strides():
     adapter = _adapter()
     assert adapter.downsample.conv[1].weight.shape == (32, 24, 3)
     assert [adapter.downsample.conv[i].stride[0] for i in (1, 4, 7)] == [1, 2, 2]
-    out, lengths, _ = adapter(torch.randn(2, 50, 24), torch.tensor([50, 13]))
+    out, lengths, *_ = adapter(torch.randn(2, 50, 24), torch.tensor([50, 13]))
     assert out.shape == (2, 13, 40)
     assert lengths.tolist() == [13, 4]
     assert torch.all(out[1, 4:] == 0)
@@ -59,10 +59,10 @@ def test_causal_downsampler_ignores_right_padding():
     adapter = _adapter()
     torch.manual_seed(1)
     short = torch.randn(1, 23, 24)
-    alone, alone_len, _ = adapter(short, torch.tensor([23]))
+    alone, alone_len, *_ = adapter(short, torch.tensor([23]))
     batch = torch.randn(2, 61, 24) * 5.0  # noisy padding after frame 23
     batch[0, :23] = short[0]
-    padded, padded_len, _ = adapter(batch, torch.tensor([23, 61]))
+    padded, padded_len, *_ = adapter(batch, torch.tensor([23, 61]))
     assert alone_len.tolist() == [6] and padded_len.tolist() == [6, 16]
     assert torch.allclose(padded[0, :6], alone[0], atol=1e-5)
 
@@ -77,7 +77,7 @@ def test_lengths_agree_with_config_after_the_encoder():
     feats = torch.randn(len(mel_lengths), max(mel_lengths), cfg.encoder.n_mels)
     with torch.no_grad():
         hidden, enc_lengths = encoder(feats, torch.tensor(mel_lengths))
-        out, lengths, _ = adapter(hidden, enc_lengths)
+        out, lengths, *_ = adapter(hidden, enc_lengths)
     assert lengths.tolist() == [cfg.llm_positions(n) for n in mel_lengths]
     assert out.shape == (len(mel_lengths), cfg.llm_positions(max(mel_lengths)), cfg.llm.hidden_size)
 
@@ -150,3 +150,66 @@ def test_a_token_pack_adapter_reads_the_blank_as_nothing_and_keeps_gradients():
         assert int(kept[row]) == len(path)
     out.embeddings.sum().backward()
     assert adapter.proj.weight.grad is not None and table.grad is not None
+
+
+def test_place_after_writes_frames_after_the_count_and_within_the_clip():
+    from echat.models.adapter import place_after
+
+    frames = torch.ones(3, 6, 2)  # (B, T, H)
+    extra = torch.tensor([[[7.0, 7.0], [8.0, 8.0]]]).repeat(3, 1, 1)  # (B, K=2, H)
+    placed = place_after(frames, extra, counts=torch.tensor([1, 5, 0]), lengths=torch.tensor([6, 6, 1]))
+    assert placed[0, :, 0].tolist() == [1, 7, 8, 1, 1, 1]
+    assert placed[1, :, 0].tolist() == [1, 1, 1, 1, 7, 8]  # no room after 5 tokens: moved back to end by 6
+    assert placed[2, :, 0].tolist() == [7, 1, 1, 1, 1, 1]  # a 1-frame clip keeps the first cue frame only
+
+
+def test_cue_frames_follow_the_spoken_tokens_and_mix_each_fields_label_tags():
+    import dataclasses
+
+    from echat.tokens import CUE_FIELDS, LABEL_SETS
+
+    cfg = dataclasses.replace(TINY, output="token_pack", cue_frames=True)
+    adapter = _adapter(cfg).train()
+    table = torch.randn(40, 40, requires_grad=True)  # (V, output_dim)
+    cue_ids = {}
+    for name in CUE_FIELDS:  # distinct token ids per label tag, after the "words" 0..9
+        cue_ids[name] = torch.arange(len(LABEL_SETS[name])) + 10 + sum(len(ids) for ids in cue_ids.values())
+    out = adapter(torch.randn(2, 60, 24), torch.tensor([60, 40]), table, cue_ids)
+    assert set(out.cue_logits) == set(CUE_FIELDS)
+    assert all(out.cue_logits[name].shape == (2, len(LABEL_SETS[name])) for name in CUE_FIELDS)
+    ids = out.token_logits.argmax(-1)
+    for row, length in enumerate(out.lengths.tolist()):
+        spoken = len([i for t, i in enumerate(ids[row, :length].tolist())
+                      if i != 40 and (t == 0 or i != ids[row, t - 1])])
+        start = min(spoken, length - len(CUE_FIELDS))
+        for offset, name in enumerate(CUE_FIELDS):
+            expected = out.cue_logits[name][row].softmax(-1) @ table[cue_ids[name]]
+            assert torch.allclose(out.embeddings[row, start + offset], expected, atol=1e-5)
+    sum(logits.sum() for logits in out.cue_logits.values()).backward()
+    assert adapter.cues["gender"].weight.grad is not None and adapter.cue_trunk[0].weight.grad is not None
+
+
+def test_cue_frames_need_the_token_pack_output():
+    import dataclasses
+
+    with pytest.raises(ValueError, match="token_pack"):
+        _adapter(dataclasses.replace(TINY, output="token_mix", cue_frames=True))
+
+
+def test_bigram_frames_carry_the_rotated_frame_before_them():
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, output="token_pack", bigram_frames=True)
+    adapter, again = _adapter(cfg), _adapter(cfg, seed=5)
+    assert torch.equal(adapter.previous_map, again.previous_map)  # fixed: the same in every model
+    assert torch.allclose(adapter.previous_map @ adapter.previous_map.T, torch.eye(40), atol=1e-5)
+    assert "previous_map" not in adapter.state_dict()
+    frames = torch.zeros(2, 5, 40)
+    frames[0, :3] = torch.randn(3, 40)
+    frames[1, :1] = torch.randn(1, 40)
+    out = adapter.add_previous(frames, torch.tensor([3, 1]))
+    rotate = adapter.previous_map.T
+    start = adapter.first_previous * frames[0, 0].pow(2).mean().sqrt()
+    assert torch.allclose(out[0, 0], frames[0, 0] + start @ rotate, atol=1e-6)
+    assert torch.allclose(out[0, 2], frames[0, 2] + frames[0, 1] @ rotate, atol=1e-6)
+    assert not out[0, 3:].any() and not out[1, 1:].any()  # frames after the tokens stay zero

@@ -105,11 +105,12 @@ def test_missing_and_unexpected_keys_are_reported_in_one_error(smoke_model, tmp_
 
 def test_a_checkpoint_of_another_preset_is_rejected(smoke_model, tmp_path):
     path = save_reference_checkpoint(smoke_model, tmp_path / "m.pt")
-    with pytest.raises(CheckpointError, match="does not match the mini layout: 129 missing"):
+    with pytest.raises(CheckpointError, match="does not match the mini layout: 139 missing"):
         load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=preset("mini"))
     one_layer_mini = preset("mini")
     one_layer_mini.encoder.n_layers = one_layer_mini.adapter.n_layers = one_layer_mini.llm.n_layers = 1
-    one_layer_mini.adapter.output = "linear"  # the smoke checkpoint has no token-mix weights
+    one_layer_mini.adapter.output = "linear"  # the smoke checkpoint has no token-mix or cue-frame weights
+    one_layer_mini.adapter.cue_frames = one_layer_mini.adapter.bigram_frames = False
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=one_layer_mini)
 

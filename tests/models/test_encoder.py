@@ -9,6 +9,7 @@ import torch
 
 from echat.config import EncoderConfig, preset
 from echat.models.encoder import (
+    EncoderCache,
     SpeechEncoder,
     load_whisper_encoder,
     whisper_sinusoids,
@@ -200,3 +201,32 @@ def test_sinusoid_formula_matches_transformers():
     import transformers
     reference = transformers.models.whisper.modeling_whisper.sinusoids(1500, 64)
     assert torch.allclose(whisper_sinusoids(1500, 64), reference, atol=1e-6)
+
+
+def test_encoder_cache_keeps_frames_across_processes(tmp_path):
+    """A cache beside a corpus folder gives the encoder's own frames, is reused from disk without running
+    the encoder, and is never read by an encoder with other weights."""
+    encoder = _encoder()
+    feats, lengths = torch.randn(2, 30, 80), torch.tensor([30, 17])
+    expected = encoder(feats, lengths)
+    cache = EncoderCache.beside(tmp_path, encoder)
+    first = cache(encoder, feats, lengths)
+    assert torch.allclose(first.hidden, expected.hidden, atol=1e-6) and first.lengths.tolist() == [15, 9]
+    assert cache.save() is not None and cache.save() is None  # nothing new the second time
+
+    reopened = EncoderCache.beside(tmp_path, encoder)
+    assert len(reopened.frames) == 2
+
+    class Refuses(torch.nn.Module):
+        """The same weights, but running it is an error: the frames must come from the file."""
+
+        after_norm = encoder.after_norm
+
+        def forward(self, *args):
+            raise AssertionError("the cached clips were encoded again")
+
+    again = reopened(Refuses(), feats, lengths)
+    assert torch.equal(again.hidden, first.hidden)
+    other = _encoder(seed=1)
+    assert EncoderCache.beside(tmp_path, other).path != reopened.path
+    assert EncoderCache.beside(tmp_path, other).frames == {}

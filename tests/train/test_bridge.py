@@ -31,6 +31,25 @@ def test_targets_hold_the_transcript_tokens_and_one_class_per_cue(asr_samples):
     assert all(int(v.min()) >= 0 for v in targets.cues.values())
 
 
+def test_words_only_targets_drop_each_clips_cue_tags(asr_samples):
+    from echat.train.bridge import cue_frame_losses, cue_tags
+
+    model, samples = asr_samples
+    records = [s.record for s in samples[:3]]
+    targets = bridge_targets(records, model.tokenizer)
+    words = targets.words_only()
+    expected = [model.tokenizer(r.extra["q_txt"], add_special_tokens=False)["input_ids"] for r in records]
+    assert words.token_lengths.tolist() == [len(row) for row in expected]
+    assert words.tokens.tolist() == [i for row in expected for i in row]
+    tags = [len(model.tokenizer(cue_tags(r), add_special_tokens=False)["input_ids"]) for r in records]
+    assert targets.tag_counts.tolist() == tags and all(n == 4 for n in tags)  # one token per cue tag
+    logits = {name: torch.zeros(3, len(LABEL_SETS[name])) for name in targets.cues}
+    logits["gender"][torch.arange(3), targets.cues["gender"]] = 20.0  # a sure, right gender classifier
+    losses = cue_frame_losses(logits, targets)
+    assert set(losses) == {f"cue_frame_{name}" for name in targets.cues}
+    assert float(losses["cue_frame_gender"]) < 1e-6 < float(losses["cue_frame_age"])
+
+
 def test_no_targets_for_rows_without_a_spoken_transcript(asr_samples):
     model, samples = asr_samples
     text_only = dataclasses.replace(samples[0].record, wav=None)
@@ -123,6 +142,27 @@ def test_probe_refuses_a_stage_without_bridge_heads(smoke_corpus, tmp_path):
     final = train_stage(stage("smoke", "text", max_steps=2), smoke_corpus, tmp_path / "run", "smoke", progress=False)
     with pytest.raises(ValueError, match="trained no bridge heads"):
         probe_run(final, smoke_corpus)
+
+
+def test_random_words_replace_the_transcript_in_the_answer_and_the_targets(asr_samples):
+    import random
+
+    from echat.train.bridge import RANDOM, corpus_words, random_words
+
+    model, samples = asr_samples
+    words = corpus_words([s.record for s in samples])
+    assert words == sorted(set(words)) and "" not in words
+    asrp = next(s.record for s in samples if family(s.record) == "asrp")
+    spoken = asrp.extra["q_txt"]
+    drills = [random_words(asrp, random.Random(seed), words) for seed in range(3)]
+    for drill in drills:
+        assert drill.key == asrp.key + RANDOM and drill.wav == asrp.wav
+        assert len(drill.extra["q_txt"].split()) == len(spoken.split())
+        assert set(drill.extra["q_txt"].split()) <= set(words)
+        assert drill.txt == drill.extra["q_txt"] + asrp.txt[len(spoken):]  # the tags stay after the words
+    assert len({d.extra["q_txt"] for d in drills}) == 3
+    only_p = next(s.record for s in samples if family(s.record) == "only_p")
+    assert random_words(only_p, random.Random(0), words) is only_p
 
 
 def test_packed_dictation_spells_each_clip_from_its_first_frame():

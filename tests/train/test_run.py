@@ -1,0 +1,33 @@
+"""Running stages on a corpus folder: the training seed and the encoder cache kept beside the corpus."""
+
+from __future__ import annotations
+
+from safetensors.torch import load_file
+
+from echat.models.checkpoint import WEIGHTS
+from echat.models.echat import EChat
+from echat.models.encoder import EncoderCache
+from echat.train.recipes import stage
+from echat.train.run import train_stage
+
+
+def test_the_training_seed_decides_a_fresh_run(smoke_corpus, tmp_path):
+    text = stage("smoke", "text", max_steps=2)
+    runs = {name: train_stage(text, smoke_corpus, tmp_path / name, "smoke", progress=False, seed=seed)
+            for name, seed in (("a", 1), ("b", 1), ("c", 2))}
+    weights = {name: load_file(str(folder / WEIGHTS)) for name, folder in runs.items()}
+    key = "llm.lm_head.weight"  # tied: the token embeddings
+    assert key in weights["a"]
+    assert all((weights["a"][k] == weights["b"][k]).all() for k in weights["a"])
+    assert not (weights["a"][key] == weights["c"][key]).all()
+    assert EChat.from_checkpoint(runs["a"]).config.train.seed == 1
+
+
+def test_a_frozen_encoder_is_run_once_per_clip_and_corpus(smoke_corpus, tmp_path):
+    """Stage 1 keeps the encoder frozen: its frames are saved beside the corpus, and the next stage that
+    freezes the same encoder starts from them."""
+    understanding = stage("smoke", "understanding", max_steps=2)
+    final = train_stage(understanding, smoke_corpus, tmp_path / "u", "smoke", progress=False)
+    model = EChat.from_checkpoint(final)
+    cache = EncoderCache.beside(smoke_corpus, model.encoder)
+    assert cache.path.exists() and len(cache.frames) > 0
