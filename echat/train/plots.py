@@ -60,17 +60,22 @@ def plot_hearing(report: dict, path: str | Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+HEARING_CURVES = (("hearing_first_token", "o-", "first answer token (LLM path)"),
+                  ("dictation_first_token", "^-", "first answer token (dictation: is the LLM copying?)"),
+                  ("probe_cer", "s--", "encoder probe CER"))
+
+
 def plot_hearing_history(history: list[dict], path: str | Path) -> None:
-    """First-answer-token accuracy (LLM path) and the encoder's probe CER over the steps of a stage."""
+    """The hearing figures a stage logs over its steps: first-answer-token accuracy of the LLM path (stage 1)
+    or of dictation (stage 0), and the encoder's probe CER."""
     from matplotlib.figure import Figure
 
-    points = [r for r in history if "hearing_first_token" in r]
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
-    steps = [r["step"] for r in points]
-    ax.plot(steps, [r["hearing_first_token"] for r in points], "o-", label="first answer token (LLM path)")
-    if any("probe_cer" in r for r in points):
-        ax.plot(steps, [r.get("probe_cer", np.nan) for r in points], "s--", label="encoder probe CER")
+    for key, style, label in HEARING_CURVES:
+        points = [(r["step"], r[key]) for r in history if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
     ax.set(xlabel="optimizer step", ylim=(0, 1), title="hearing during training")
     ax.legend(fontsize=7)
     fig.tight_layout()

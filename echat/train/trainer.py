@@ -379,7 +379,7 @@ class Trainer:
         from echat.train.plots import plot_hearing_history, plot_history
 
         plot_history(self.state.history, self.out / "loss.png", title=f"stage {self.recipe.name}")
-        if any("hearing_first_token" in r for r in self.state.history):
+        if any("hearing_first_token" in r or "dictation_first_token" in r for r in self.state.history):
             plot_hearing_history(self.state.history, self.out / "hearing.png")
 
 

@@ -31,3 +31,13 @@ def test_a_frozen_encoder_is_run_once_per_clip_and_corpus(smoke_corpus, tmp_path
     model = EChat.from_checkpoint(final)
     cache = EncoderCache.beside(smoke_corpus, model.encoder)
     assert cache.path.exists() and len(cache.frames) > 0
+
+
+def test_hearing_history_plots_whatever_the_stage_logged(tmp_path):
+    from echat.train.plots import plot_hearing_history
+
+    stage0 = [{"step": 100, "dictation_first_token": 0.2}, {"step": 200, "dictation_first_token": 0.9}]
+    stage1 = [{"step": 100, "hearing_first_token": 0.3, "probe_cer": 0.4}, {"step": 200, "loss": 1.0}]
+    for name, history in (("s0.png", stage0), ("s1.png", stage1)):
+        plot_hearing_history(history, tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 1000
