@@ -107,7 +107,8 @@ def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
 UNDERSTANDING_MIX = (("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0))
 # Stage 0 opens with ASR dictation alone: copying the transcript is the skill stage 1 relies on, and it
 # appears abruptly (docs/hearing.md: without bigram frames it appeared in 2 of 7 runs of 500-1,000 steps;
-# with them, on both seeds tried, at 400-700 steps, E22). Then the tags and the corpus text join.
+# with them in 5 of 5, at 400-700 steps on corpus seed 0 but only by step 1,000 on corpus seed 1, E22-E29).
+# Then the tags and the corpus text join.
 DICTATION_MIX = (("text_lm", 1.0), ("asr", 2.0), ("asrp", 1.0), ("only_p", 1.0))
 
 
