@@ -162,11 +162,22 @@ class Adapter(nn.Module):
             self.cues = nn.ModuleDict({name: nn.Linear(cfg.d_model, len(LABEL_SETS[name])) for name in CUE_FIELDS})
         self.bigram_frames = cfg.bigram_frames
         if cfg.bigram_frames:  # fixed, rebuilt from seed 0 (not in the state dict): no weights, no keys
-            generator = torch.Generator().manual_seed(0)
-            rotation, _ = torch.linalg.qr(torch.randn(output_dim, output_dim, generator=generator))
-            self.register_buffer("previous_map", rotation, persistent=False)  # (H, H)
-            start = torch.randn(output_dim, generator=generator)
-            self.register_buffer("first_previous", start / start.pow(2).mean().sqrt(), persistent=False)  # RMS 1
+            self.register_buffer("previous_map", torch.empty(output_dim, output_dim), persistent=False)  # (H, H)
+            self.register_buffer("first_previous", torch.empty(output_dim), persistent=False)  # (H,)
+            self.build_fixed_buffers()
+
+    def build_fixed_buffers(self, device=None) -> None:
+        """(Re)build the bigram frames' fixed rotation and start direction (RMS 1) from seed 0, on ``device``
+        (default: where the buffers are; a model built on the meta device calls this with a real one)."""
+        if not self.bigram_frames:
+            return
+        size = self.previous_map.shape[0]
+        generator = torch.Generator().manual_seed(0)
+        rotation, _ = torch.linalg.qr(torch.randn(size, size, generator=generator))
+        start = torch.randn(size, generator=generator)
+        device = device or self.previous_map.device
+        self.previous_map = rotation.to(device)
+        self.first_previous = (start / start.pow(2).mean().sqrt()).to(device)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Valid adapter outputs for ``lengths`` encoder frames."""

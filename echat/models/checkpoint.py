@@ -178,11 +178,13 @@ def _check_shapes(model: EChat, ours: Mapping[str, torch.Tensor], path) -> None:
         raise CheckpointError(f"{path}: {len(wrong)} tensor(s) of the wrong shape, e.g. {'; '.join(wrong[:3])}")
 
 
-def _materialise_rotary(model: EChat, device) -> None:
-    """Rotary frequencies are non-persistent buffers: rebuild them after a meta-device build."""
+def _materialise_fixed_buffers(model: EChat, device) -> None:
+    """Rotary frequencies and the adapter's bigram rotation are non-persistent buffers: rebuild them after
+    a meta-device build."""
     llm = model.causal_lm.model
     with torch.device(device):
         llm.rotary_emb = type(llm.rotary_emb)(config=llm.config)
+    model.adapter.build_fixed_buffers(device)
 
 
 def load_reference_checkpoint(path, tokenizer=None, device="cpu", config: EChatConfig | None = None) -> EChat:
@@ -202,7 +204,7 @@ def load_reference_checkpoint(path, tokenizer=None, device="cpu", config: EChatC
     _check_shapes(model, ours, path)
     model.load_state_dict(ours, strict=False, assign=True)
     model.causal_lm.tie_weights()
-    _materialise_rotary(model, "cpu")
+    _materialise_fixed_buffers(model, "cpu")
     return model.to(device=device, dtype=default_dtype(device))
 
 

@@ -58,11 +58,14 @@ def test_reference_export_and_import_give_identical_outputs(smoke_model, batch_o
 def test_a_token_pack_model_round_trips_through_the_reference_format(smoke_model, batch_of, tmp_path):
     config = preset("smoke")
     config.adapter.output = "token_pack"
+    config.adapter.cue_frames = config.adapter.bigram_frames = True  # the mini preset's adapter
     torch.manual_seed(0)
     model = EChat(config, smoke_model.tokenizer).eval()
     batch = batch_of(OutputType.S2S)
     path = save_reference_checkpoint(model, tmp_path / "model.pt", dtype=torch.float32)
-    assert {"speech_mix_blank", "speech_mix_log_scale"} <= set(torch.load(path, weights_only=True))
+    saved = set(torch.load(path, weights_only=True))
+    assert {"speech_mix_blank", "speech_mix_log_scale", "speech_cue_trunk.0.weight",
+            "speech_cue_heads.emotion.weight"} <= saved
     loaded = load_reference_checkpoint(path, tokenizer=model.tokenizer, config=config).eval()
     assert torch.equal(model(batch).loss, loaded(batch).loss)
 
