@@ -202,26 +202,34 @@ class Adapter(nn.Module):
         check_lengths(lengths, batch, frames, "Adapter")
         y, out_lengths = self.downsample(x, lengths)  # (B, T'', D)
         mask = valid_mask(out_lengths, y.size(1))  # (B, T'')
-        hidden = self.transformer(y, mask)  # (B, T'', D)
-        y = self.proj(hidden)  # (B, T'', output_dim)
+        y = self.proj(self.transformer(y, mask))  # (B, T'', output_dim)
         logits = cue_logits = None
         if self.output == "clip_norm":
             y = _normalise_clips(y, mask)
         elif self.output in TOKEN_OUTPUTS:
             y, logits = self._token_mix(y, token_table)
             if self.output == "token_pack":
-                ids = logits.argmax(-1)  # (B, T'')
-                y = pack_tokens(y, ids, out_lengths, blank=logits.shape[-1] - 1)
-                spoken = spoken_tokens(ids, out_lengths, blank=logits.shape[-1] - 1).sum(1)  # (B,)
-                if hasattr(self, "cues"):
-                    cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids)
-                    y = place_after(y, frames, spoken, out_lengths)
-                    spoken = spoken + frames.shape[1]
-                if self.bigram_frames:
-                    y = self.add_previous(y, torch.minimum(spoken, out_lengths))
+                y, cue_logits = self._pack(y, logits, out_lengths, x, lengths, token_table, cue_ids)
         if self.output_rms:
             y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
         return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits, cue_logits)
+
+    def _pack(self, y: Tensor, logits: Tensor, out_lengths: Tensor, x: Tensor, lengths: Tensor, token_table: Tensor,
+              cue_ids: dict[str, Tensor] | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Token mixes (B, T'', H) -> the packed frames the LLM reads: the greedy CTC path of ``logits`` to the
+        front, then the cue frames, each carrying its predecessor with bigram frames; and the cue logits."""
+        ids = logits.argmax(-1)  # (B, T'')
+        blank = logits.shape[-1] - 1
+        y = pack_tokens(y, ids, out_lengths, blank)
+        spoken = spoken_tokens(ids, out_lengths, blank).sum(1)  # (B,)
+        cue_logits = None
+        if hasattr(self, "cues"):
+            cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids)
+            y = place_after(y, frames, spoken, out_lengths)
+            spoken = spoken + frames.shape[1]
+        if self.bigram_frames:
+            y = self.add_previous(y, torch.minimum(spoken, out_lengths))
+        return y, cue_logits
 
     def add_previous(self, frames: Tensor, counts: Tensor) -> Tensor:
         """Packed frames (B, T, H), of which the first ``counts`` (B,) per clip are tokens: each of those
