@@ -81,7 +81,7 @@ class AdapterConfig:
     output: Literal["linear", "clip_norm", "token_mix", "token_pack"] = "linear"
     # With "token_pack": after the packed transcript tokens, one frame per cue field (gender, age,
     # emotion, event), each a mix of that field's label-tag embeddings weighted by a classifier on the
-    # clip's mean adapter state, so that the LLM reads how it was said in the tags it answers with.
+    # clip's mean encoder frame, so that the LLM reads how it was said in the tags it answers with.
     cue_frames: bool = False
     # With "token_pack": each packed frame also carries the frame before it, turned by a fixed random
     # rotation (the first one a fixed start direction), so that "find the frame that follows the token

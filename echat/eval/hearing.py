@@ -38,8 +38,8 @@ from echat.config import GenerationOptions
 from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.metrics import cer, pick_label, split_asr_output
 from echat.models.adapter import TOKEN_OUTPUTS, ctc_path
-from echat.models.encoder import EncoderCache
-from echat.tokens import LABEL_SETS, TRANSCRIBE, canonical_label
+from echat.models.encoder import EncoderCache, mean_frame
+from echat.tokens import CUE_FIELDS, LABEL_SETS, TRANSCRIBE, canonical_label
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
 ASRP_FIELDS = (("emotion", "q_emotion"), ("age", "age"), ("gender", "gender"))  # task order
@@ -182,7 +182,6 @@ def dictating(model, record):
 def frame_cosine(model, samples: list[Sample]) -> float:
     """Mean cosine between the mean adapter frames of different clips (1.0: the LLM reads one vector)."""
     from echat.audio import log_mel_batch
-    from echat.train.bridge import mean_frame
 
     feats, lengths = log_mel_batch([s.audio for s in samples])
     clips = model.encode_clips(feats.to(model.device), lengths.to(model.device))
@@ -199,7 +198,7 @@ def adapter_reading(model, samples: list[Sample]) -> dict:
     the transcript and cue tags, and
     ``adapter_<field>_accuracy``, the share of clips whose spelled tags hold the right label of each cue
     field. Empty for other adapters."""
-    from echat.train.bridge import CUE_FIELDS, cue_tags
+    from echat.train.bridge import cue_tags
 
     if model.adapter.output not in TOKEN_OUTPUTS:
         return {}

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.config import AdapterConfig
-from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, valid_mask
+from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, mean_frame, valid_mask
 from echat.tokens import CUE_FIELDS, LABEL_SETS
 
 __all__ = [
@@ -250,8 +250,7 @@ class Adapter(nn.Module):
         losses slowed its token CTC (loss 4.3 against 2.4 after 200 steps, docs/hearing.md E24)."""
         if cue_ids is None:
             raise ValueError("an adapter with cue frames needs the token ids of the cue label tags")
-        valid = valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        pooled = self.cue_trunk((x * valid).sum(1) / valid.sum(1).clamp(min=1))  # (B, D)
+        pooled = self.cue_trunk(mean_frame(x, lengths))  # (B, D)
         logits = {name: head(pooled) for name, head in self.cues.items()}
         frames = torch.stack([logits[name].softmax(-1) @ token_table[cue_ids[name]] for name in self.cues], 1)
         return logits, frames  # frames: (B, fields, H)

@@ -45,9 +45,10 @@ __all__ = [
     "ceil_div",
     "check_lengths",
     "load_whisper_encoder",
+    "mean_frame",
     "valid_mask",
-    "whisper_sinusoids",
     "weights_fingerprint",
+    "whisper_sinusoids",
     "whisper_to_encoder_state_dict",
 ]
 
@@ -68,6 +69,12 @@ def valid_mask(lengths: Tensor, max_len: int) -> Tensor:
     """``(B, max_len)`` bool mask, True on the first ``lengths[b]`` frames of item ``b``."""
     positions = torch.arange(max_len, device=lengths.device)  # (T,)
     return positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+
+
+def mean_frame(frames: Tensor, lengths: Tensor) -> Tensor:
+    """The mean of each clip's valid frames: (N, T, D) with lengths (N,) -> (N, D)."""
+    valid = valid_mask(lengths, frames.shape[1]).unsqueeze(-1).to(frames.dtype)  # (N, T, 1)
+    return (frames * valid).sum(1) / lengths.clamp(min=1)[:, None].to(frames.dtype)
 
 
 def ceil_div(lengths: Tensor, stride: int) -> Tensor:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from echat.data.schema import Record
 from echat.models.adapter import AdapterOutput, ctc_path
 from echat.models.echat import EChatOutput
+from echat.models.encoder import mean_frame
 from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, canonical_label
 
 SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
@@ -136,12 +137,6 @@ def _class_index(name: str, value) -> int:
     labels = LABEL_SETS[name]
     tag = canonical_label(name, value) if value else ""
     return labels.index(tag) if tag in labels else IGNORE_INDEX
-
-
-def mean_frame(frames: Tensor, lengths: Tensor) -> Tensor:
-    """The mean of each clip's valid frames: (N, T, D) with lengths (N,) -> (N, D)."""
-    valid = (torch.arange(frames.shape[1], device=frames.device)[None] < lengths[:, None]).unsqueeze(-1)
-    return (frames * valid).sum(1) / lengths.clamp(min=1)[:, None]
 
 
 class BridgeHeads(nn.Module):

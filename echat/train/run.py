@@ -44,7 +44,6 @@ def check_corpus(corpus: str | Path) -> Path:
 
 
 def _model(preset: str, corpus: Path, init: str | Path | None, seed: int | None = None):
-    from echat.config import preset as preset_config
     from echat.models.checkpoint import model_from_preset, resolve_checkpoint
     from echat.models.echat import EChat
     from echat.text_tokenizer import load_tokenizer
@@ -54,11 +53,9 @@ def _model(preset: str, corpus: Path, init: str | Path | None, seed: int | None 
         if model.config.name != preset:
             raise TrainingError(f"{init} holds a {model.config.name} model, not {preset}")
     else:
-        config = preset_config(preset)
         if seed is not None:
-            config.train.seed = seed
             torch.manual_seed(seed)  # the fresh weights follow the training seed
-        model = model_from_preset(config, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
+        model = model_from_preset(preset, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
         init_encoder(model)
     if seed is not None:
         model.config.train.seed = seed
