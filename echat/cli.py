@@ -7,6 +7,7 @@ Every subcommand has ``--help`` with an example; an error is one line on stderr 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
@@ -89,6 +90,18 @@ def cmd_eval(args) -> int:
         args.stages = [s for s in args.stages if s != "hearing"]
         if not args.stages:
             return 0
+    if "ladder" in args.stages:
+        from echat.eval.ladder import ladder_run, render_ladder
+
+        ladder = ladder_run(args.run, args.data, size=args.limit or 32)
+        print(render_ladder(ladder))
+        out = Path(args.out or Path(args.run) / "eval")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ladder.json").write_text(json.dumps(ladder, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out / 'ladder.json'}")
+        args.stages = [s for s in args.stages if s != "ladder"]
+        if not args.stages:
+            return 0
     if "probe" in args.stages:
         from echat.train.bridge import probe_run, render_probe
 
@@ -160,11 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--limit", type=int, default=None, help="at most N items per stage and subset")
     evaluation.add_argument("--think", default="tag", choices=["tag", "language", "none"])
     evaluation.add_argument("--stages", nargs="+", default=["understanding", "generation", "empathy"],
-                            choices=["understanding", "generation", "empathy", "probe", "hearing"],
+                            choices=["understanding", "generation", "empathy", "probe", "hearing", "ladder"],
                             help="stages to run (default the three; probe: what a stage-1 run's encoder carries, "
                                  "read by its bridge heads; hearing: does the LLM path read its audio — "
                                  "first-answer-token accuracy against the most common guess on fixed clips, "
-                                 "--limit clips per set, default 32)")
+                                 "--limit clips per set, default 32; ladder: which link fails — the same ASR "
+                                 "figures from a per-clip learned lookup, from exact dictation frames and from "
+                                 "the audio, on --limit training clips)")
     evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
     evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
 

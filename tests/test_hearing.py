@@ -14,6 +14,7 @@ through the CLI.
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,7 @@ from echat.train.trainer import Trainer
 CLIPS = 16
 DICTATION_STEPS = 800  # stage 0: the LLM learns to repeat a packed token prefix
 STEPS = 120  # per stage-1 phase: the adapter learns to spell the audio
+LADDER_STEPS = 60  # rung 1: the per-clip frames learned through the frozen LLM
 
 
 def hearing_config():
@@ -123,3 +125,50 @@ def test_asrp_label_is_the_transcript_then_one_token_per_tag(trained):
     extra = clips[0].record.extra
     assert record.txt.startswith(extra["q_txt"]) and record.txt.endswith(extra["gender"])
     assert tag_tokens(model) == 3
+
+
+def test_the_ceiling_ladder_names_no_failing_link_on_a_model_that_hears(trained):
+    from echat.eval.ladder import ladder_report, render_ladder
+
+    model, clips, _ = trained
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    report = ladder_report(model, clips, steps=LADDER_STEPS, progress=False)
+    rungs = report["rungs"]
+    assert set(rungs) == {"lookup", "dictation", "audio"}
+    for name, row in rungs.items():  # every rung far above the guess: no link fails
+        assert row["first_token"] >= report["first_token_guess"] + 0.5, (name, render_ladder(report))
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before  # frozen for the lookup only
+
+
+def test_the_ladder_shows_a_deaf_audio_path(trained):
+    from echat.eval.ladder import ladder_report, render_ladder
+
+    model, clips, _ = trained
+    silent = [dataclasses.replace(c, audio=np.zeros_like(c.audio)) for c in clips]
+    report = ladder_report(model, silent, steps=LADDER_STEPS, progress=False)
+    rungs = report["rungs"]  # the same clips without their audio: only the audio rung drops to the guess
+    assert rungs["audio"]["first_token"] <= report["first_token_guess"] + 0.2, render_ladder(report)
+    assert rungs["dictation"]["first_token"] >= report["first_token_guess"] + 0.5, render_ladder(report)
+
+
+def test_only_p_reading_is_reported_beside_its_guess(trained):
+    model, clips, _ = trained
+    row = hearing_report(model, {"train": clips}, greedy=False)["sets"]["train"]
+    for field in ("gender", "age", "emotion", "event"):
+        for key in (f"only_p_{field}", f"only_p_{field}_guess", f"dictation_only_p_{field}"):
+            assert 0.0 <= row[key] <= 1.0, (key, row)
+    answers = [as_task(c, "<EMOTION>").record.txt for c in clips]
+    assert all(a == c.record.extra["q_emotion"] for a, c in zip(answers, clips, strict=True))
+
+
+def test_ladder_command_writes_its_report(trained, smoke_corpus, capsys):
+    from echat.cli import main
+
+    _, _, out = trained
+    argv = ["eval", "--stages", "ladder", "--run", str(out / "understanding"), "--data", str(smoke_corpus),
+            "--limit", "4"]
+    assert main(argv) == 0
+    assert "ceiling ladder" in capsys.readouterr().out
+    saved = json.loads((out / "understanding" / "eval" / "ladder.json").read_text())
+    assert saved["clips"] == 4 and set(saved["rungs"]) == {"lookup", "dictation", "audio"}
+    assert saved["rungs"]["lookup"]["first_token"] >= saved["first_token_guess"]

@@ -16,7 +16,11 @@ a tiny LLM recites a memorised sentence almost perfectly. The honest figures (se
 - for a token adapter, the two links apart: the adapter's **spelling CER** (its mixing weights read as
   text against transcript + tags: does the adapter hear?) with the share of clips whose spelled tags
   are right per cue field, and the LLM's first-token accuracy and greedy CER on exact **dictation**
-  frames of the transcript (can the LLM copy what it is shown?).
+  frames of the transcript (can the LLM copy what it is shown?);
+- the **only-P** tasks one field at a time (``<GENDER>``, ``<AGE>``, ``<EMOTION>``, ``<CAPTION>``: the
+  answer is the tag alone), teacher forced, from the audio and from exact dictation frames, each next to
+  its guess: does the LLM read the cue a frame shows it (the link that the understanding evaluation's
+  gender, age, emotion and event figures rest on)?
 
 Sets (fixed, manifest order): ``train`` (the first ``size`` distinct training clips), ``seen`` and
 ``unseen`` (the first ``size`` clips of each test subset). Tasks: ASR (``<TRANSCRIBE>``) and one ASR+P
@@ -43,6 +47,7 @@ from echat.tokens import CUE_FIELDS, LABEL_SETS, TRANSCRIBE, canonical_label
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
 ASRP_FIELDS = (("emotion", "q_emotion"), ("age", "age"), ("gender", "gender"))  # task order
+ONLY_P_FIELD_TASKS = {"gender": "<GENDER>", "age": "<AGE>", "emotion": "<EMOTION>", "event": "<CAPTION>"}
 SETS = ("train", "seen", "unseen")
 GREEDY_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=64)
 
@@ -75,10 +80,14 @@ def hearing_sets(train: list[Sample], test: list[Sample], size: int = 32) -> dic
 
 
 def as_task(sample: Sample, task: str) -> Sample:
-    """The clip as a record of ``task``: ASR answers the transcript, ASR+P the transcript then the tags."""
+    """The clip as a record of ``task``: ASR answers the transcript, ASR+P the transcript then the tags,
+    a one-field only-P task (:data:`ONLY_P_FIELD_TASKS`) that field's tag."""
     extra = sample.record.extra
     txt = extra["q_txt"]
-    if task == ASRP_TASK:
+    only_p = {t: f for f, t in ONLY_P_FIELD_TASKS.items()}
+    if task in only_p:
+        txt = canonical_label(only_p[task], extra[CUE_FIELDS[only_p[task]]])
+    elif task == ASRP_TASK:
         txt += "".join(canonical_label(name, extra[key]) for name, key in ASRP_FIELDS)
     record = dataclasses.replace(sample.record, key=f"{sample.record.key}|{task}", task=task, txt=txt)
     return Sample(record, sample.audio, [])
@@ -233,6 +242,23 @@ def first_token_accuracy(model, samples: list[Sample], task: str = TRANSCRIBE, d
         model.train(was_training)
 
 
+def only_p_reading(model, samples: list[Sample], from_audio: dict | None, reference: dict,
+                   dictation: bool) -> dict:
+    """Per cue field, the only-P answer's accuracy from the audio (``only_p_<field>``), its guess (the
+    field's most common tag among the training clips, ``only_p_<field>_guess``) and, with ``dictation``,
+    from exact dictation frames (``dictation_only_p_<field>``). ``from_audio``: answers already computed
+    for these samples (field -> :class:`ForcedAnswers`); ``reference``: the training clips' answers."""
+    row = {}
+    for field, task in ONLY_P_FIELD_TASKS.items():
+        tasked = [as_task(s, task) for s in samples]
+        answers = (from_audio or {}).get(field) or teacher_forced(model, tasked)
+        row[f"only_p_{field}"] = answers.first_token_accuracy()
+        row[f"only_p_{field}_guess"] = guess_accuracy(reference[field], answers, slice(0, 1))
+        if dictation:
+            row[f"dictation_only_p_{field}"] = teacher_forced(model, tasked, dictated=True).first_token_accuracy()
+    return row
+
+
 def hearing_report(model, sets: dict[str, list[Sample]], heads=None, greedy: bool = True) -> dict:
     """Every hearing figure for every set (see the module docstring); ``heads``: the run's bridge heads,
     for the encoder's probe CER beside the LLM path's figures. The figures read each clip several times:
@@ -251,6 +277,8 @@ def _hearing_report(model, sets: dict[str, list[Sample]], heads, greedy: bool) -
     reference = {task: teacher_forced(model, [as_task(s, task) for s in sets["train"]])
                  for task in (TRANSCRIBE, ASRP_TASK)}
     report = {"tasks": {"asr": TRANSCRIBE, "asrp": ASRP_TASK}, "tag_tokens": n_tags, "sets": {}}
+    only_p_reference = {"train": {field: teacher_forced(model, [as_task(s, task) for s in sets["train"]])
+                                  for field, task in ONLY_P_FIELD_TASKS.items()}}
     for name, samples in sets.items():
         asr, asrp = (reference[task] if name == "train" else teacher_forced(model, [as_task(s, task) for s in samples])
                      for task in (TRANSCRIBE, ASRP_TASK))
@@ -266,6 +294,8 @@ def _hearing_report(model, sets: dict[str, list[Sample]], heads, greedy: bool) -
         if model.adapter.output in TOKEN_OUTPUTS:
             dictated = teacher_forced(model, [as_task(s, TRANSCRIBE) for s in samples], dictated=True)
             row.update(dictation_first_token=dictated.first_token_accuracy(), **adapter_reading(model, samples))
+        row.update(only_p_reading(model, samples, only_p_reference[name] if name == "train" else None,
+                                  only_p_reference["train"], model.adapter.output in TOKEN_OUTPUTS))
         if greedy:
             hyps = greedy_transcripts(model, samples)
             row.update(greedy_cer=cer([s.record.extra["q_txt"] for s in samples], hyps),
@@ -312,7 +342,9 @@ def _heads(run, config):
 ROWS = ("clips", "asr_first_token", "asr_first_token_guess", "asr_all_tokens", "asrp_first_token", "asrp_tags",
         "asrp_tags_guess", "asrp_all_tokens", "greedy_cer", "distinct_outputs", "frame_cosine",
         "adapter_spelling_cer", "adapter_gender_accuracy", "adapter_age_accuracy", "adapter_emotion_accuracy",
-        "adapter_event_accuracy", "dictation_first_token", "dictation_greedy_cer", "probe_cer",
+        "adapter_event_accuracy", "dictation_first_token", "dictation_greedy_cer",
+        *(f"{kind}{field}{guess}" for field in ONLY_P_FIELD_TASKS
+          for kind, guess in (("only_p_", ""), ("only_p_", "_guess"), ("dictation_only_p_", ""))), "probe_cer",
         "probe_gender_accuracy", "probe_age_accuracy", "probe_emotion_accuracy", "probe_event_accuracy")
 
 
