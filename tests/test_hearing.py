@@ -8,7 +8,8 @@ trained from scratch or a linear adapter — stays at the guess and recites trai
 The issue's full target holds too: first token at least 0.95 and greedy CER at most 0.05. With the
 reference's linear adapter in place of the token pack (the fix reverted) the first token stays at
 0.31 against a guess of 0.19 and the tests fail (docs/hearing.md, E16 and E26). The report is checked
-through the CLI.
+through the CLI. The ceiling ladder passes every rung on this model and shows the audio rung alone at
+the guess when the clips are silenced; the only-P link is reported per cue field beside its guess.
 """
 
 import dataclasses
