@@ -21,6 +21,10 @@ a tiny LLM recites a memorised sentence almost perfectly. The honest figures (se
   answer is the tag alone), teacher forced, from the audio and from exact dictation frames, each next to
   its guess: does the LLM read the cue a frame shows it (the link that the understanding evaluation's
   gender, age, emotion and event figures rest on)?
+- the LLM's **tag rows** (input = output embeddings of the cue tags): mean cosine between the rows of
+  one field's tags, and their norm beside the mean norm of the other rows. A frame holding ``<MALE>``
+  can only be told from one holding ``<FEMALE>`` if their rows differ: when a field's rows collapse onto
+  one vector (cosine near 1) the LLM cannot read that cue even from exact frames (docs/hearing.md E49-E52).
 
 Sets (fixed, manifest order): ``train`` (the first ``size`` distinct training clips), ``seen`` and
 ``unseen`` (the first ``size`` clips of each test subset). Tasks: ASR (``<TRANSCRIBE>``) and one ASR+P
@@ -259,6 +263,28 @@ def only_p_reading(model, samples: list[Sample], from_audio: dict | None, refere
     return row
 
 
+def tag_rows(model) -> dict[str, float]:
+    """Per cue field, ``<field>_cosine``: the mean cosine between the embedding rows of its label tags (pairs
+    of distinct tags); ``norm_ratio``: the tags' mean row norm over the other rows' mean norm. Fields whose
+    tags are not single tokens are left out."""
+    table = model.llm.get_input_embeddings().weight.detach().float()  # (V, H)
+    ids = {field: [model.tokenizer(tag, add_special_tokens=False)["input_ids"] for tag in tags]
+           for field, tags in LABEL_SETS.items()}
+    ids = {field: [row[0] for row in rows] for field, rows in ids.items() if all(len(row) == 1 for row in rows)}
+    out = {}
+    for field, rows in ids.items():
+        unit = torch.nn.functional.normalize(table[rows], dim=-1)  # (K, H)
+        cosines = unit @ unit.T  # (K, K)
+        k = len(rows)
+        out[f"{field}_cosine"] = float((cosines.sum() - cosines.diagonal().sum()) / (k * (k - 1))) if k > 1 else 1.0
+    tags = sorted({i for rows in ids.values() for i in rows})
+    if tags:
+        others = torch.ones(table.shape[0], dtype=torch.bool)
+        others[tags] = False
+        out["norm_ratio"] = float(table[tags].norm(dim=-1).mean() / table[others].norm(dim=-1).mean())
+    return out
+
+
 def hearing_report(model, sets: dict[str, list[Sample]], heads=None, greedy: bool = True) -> dict:
     """Every hearing figure for every set (see the module docstring); ``heads``: the run's bridge heads,
     for the encoder's probe CER beside the LLM path's figures. The figures read each clip several times:
@@ -276,7 +302,8 @@ def _hearing_report(model, sets: dict[str, list[Sample]], heads, greedy: bool) -
     n_tags = tag_tokens(model)
     reference = {task: teacher_forced(model, [as_task(s, task) for s in sets["train"]])
                  for task in (TRANSCRIBE, ASRP_TASK)}
-    report = {"tasks": {"asr": TRANSCRIBE, "asrp": ASRP_TASK}, "tag_tokens": n_tags, "sets": {}}
+    report = {"tasks": {"asr": TRANSCRIBE, "asrp": ASRP_TASK}, "tag_tokens": n_tags, "tag_rows": tag_rows(model),
+              "sets": {}}
     only_p_reference = {"train": {field: teacher_forced(model, [as_task(s, task) for s in sets["train"]])
                                   for field, task in ONLY_P_FIELD_TASKS.items()}}
     for name, samples in sets.items():
@@ -358,6 +385,8 @@ def render_hearing(report: dict) -> str:
     for row in ROWS:
         if any(row in s for s in sets.values()):
             lines.append(f"{row:24}" + "".join(f"{format_cell(s.get(row)):>10}" for s in sets.values()))
+    if report.get("tag_rows"):
+        lines.append("tag rows (LLM): " + ", ".join(f"{k} {v:.2f}" for k, v in report["tag_rows"].items()))
     return "\n".join(lines)
 
 
