@@ -170,11 +170,11 @@ def test_tag_rows_show_a_collapsed_field(trained):
     rows = tag_rows(model)
     assert set(rows) >= {"gender_cosine", "age_cosine", "emotion_cosine", "event_cosine", "norm_ratio"}
     table = model.llm.get_input_embeddings().weight
-    male, female = (model.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in ("<MALE>", "<FEMALE>"))
+    one, other = model.cue_token_ids()["gender"].tolist()
     saved = table.detach().clone()
     try:
         with torch.no_grad():
-            table[female] = 2 * table[male]  # one direction for both gender tags: the field collapsed
+            table[other] = 2 * table[one]  # one direction for both gender tags: the field collapsed
         assert tag_rows(model)["gender_cosine"] > 0.999
     finally:
         with torch.no_grad():

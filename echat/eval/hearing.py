@@ -265,23 +265,22 @@ def only_p_reading(model, samples: list[Sample], from_audio: dict | None, refere
 
 def tag_rows(model) -> dict[str, float]:
     """Per cue field, ``<field>_cosine``: the mean cosine between the embedding rows of its label tags (pairs
-    of distinct tags); ``norm_ratio``: the tags' mean row norm over the other rows' mean norm. Fields whose
-    tags are not single tokens are left out."""
+    of distinct tags); ``norm_ratio``: the tags' mean row norm over the other rows' mean norm. Empty when the
+    tokenizer spells the tags in pieces (they have no rows of their own)."""
+    try:
+        ids = model.cue_token_ids()  # field -> (labels,)
+    except ValueError:
+        return {}
     table = model.llm.get_input_embeddings().weight.detach().float()  # (V, H)
-    ids = {field: [model.tokenizer(tag, add_special_tokens=False)["input_ids"] for tag in tags]
-           for field, tags in LABEL_SETS.items()}
-    ids = {field: [row[0] for row in rows] for field, rows in ids.items() if all(len(row) == 1 for row in rows)}
     out = {}
     for field, rows in ids.items():
-        unit = torch.nn.functional.normalize(table[rows], dim=-1)  # (K, H)
-        cosines = unit @ unit.T  # (K, K)
+        cosines = torch.nn.functional.normalize(table[rows], dim=-1)  # (K, H)
+        cosines = cosines @ cosines.T  # (K, K)
         k = len(rows)
-        out[f"{field}_cosine"] = float((cosines.sum() - cosines.diagonal().sum()) / (k * (k - 1))) if k > 1 else 1.0
-    tags = sorted({i for rows in ids.values() for i in rows})
-    if tags:
-        others = torch.ones(table.shape[0], dtype=torch.bool)
-        others[tags] = False
-        out["norm_ratio"] = float(table[tags].norm(dim=-1).mean() / table[others].norm(dim=-1).mean())
+        out[f"{field}_cosine"] = float((cosines.sum() - cosines.diagonal().sum()) / (k * (k - 1)))
+    others = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
+    others[torch.cat(list(ids.values()))] = False
+    out["norm_ratio"] = float(table[~others].norm(dim=-1).mean() / table[others].norm(dim=-1).mean())
     return out
 
 
