@@ -87,6 +87,14 @@ class AdapterConfig:
     # rotation (the first one a fixed start direction), so that "find the frame that follows the token
     # I just wrote" is one attention lookup for the LLM instead of a two-layer induction circuit.
     bigram_frames: bool = False
+    # With cue frames: lay them out in the order the task's answer reports them (the fields it does not
+    # ask for first, tokens.cue_order), so that every answer tag copies the frame after the one it copied
+    # before, as the transcript's words do; the order comes with each clip (Batch.cue_orders).
+    # A departure from the paper's task-agnostic adapter, measured in docs/hearing.md (E55-E58).
+    task_ordered_cues: bool = False
+    # With "token_pack": where the packed frames sit in their clip: "start" (zeros after them) or "end"
+    # (zeros before them), which puts the last cue frame at a fixed distance from the answer (E56-E58).
+    pack_align: Literal["start", "end"] = "start"
 
     @property
     def downsample_rate(self) -> int:
@@ -312,7 +320,8 @@ def mini() -> EChatConfig:
         audio=AudioConfig(max_seconds=30.0),
         encoder=whisper_base_encoder(),
         adapter=AdapterConfig(d_model=192, n_layers=2, n_heads=4, ffn_dim=512, max_positions=400,
-                              output="token_pack", cue_frames=True, bigram_frames=True),
+                              output="token_pack", cue_frames=True, bigram_frames=True,
+                              task_ordered_cues=True, pack_align="end"),
         llm=LLMConfig(
             hidden_size=256, intermediate_size=1024, n_layers=4, n_heads=4, n_kv_heads=2,
             vocab_size=640, rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=1024,

@@ -157,6 +157,28 @@ LABEL_SETS = {"age": AGES, "gender": GENDERS, "emotion": USER_EMOTIONS, "event":
 # Cue field -> the key of a record's ``extra`` that holds its label, in the order a token adapter spells
 # the cue tags after the transcript (and the order of its cue frames, AdapterConfig.cue_frames).
 CUE_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}
+# Understanding task tag -> the cue field its answer tag reports.
+FIELD_OF_TASK_TAG = {"<GENDER>": "gender", "<AGE>": "age", "<EMOTION>": "emotion", "<CAPTION>": "event"}
+THINK_FIELDS = ("age", "gender", "emotion", "event")  # the order the tag think reports them (prompts._TAG_THINK)
+
+
+def asked_fields(task: str, thinks: bool = False) -> tuple[str, ...]:
+    """The cue fields an answer to ``task`` reports, in the order it reports them: the task's own tags
+    (``<TRANSCRIBE> <EMOTION> <AGE>`` -> emotion, age), or with a think all four in the think's order."""
+    if thinks:
+        return THINK_FIELDS
+    return tuple(FIELD_OF_TASK_TAG[p] for p in normalize_task(task).split(" ") if p in FIELD_OF_TASK_TAG)
+
+
+def cue_order(task: str, thinks: bool = False) -> tuple[int, ...]:
+    """Indices into :data:`CUE_FIELDS` in the order an adapter with ``cue_order`` lays out its cue frames
+    for ``task``: the fields the answer does not report (in CUE_FIELDS order), then those it reports,
+    in its order, so that the frame an answer tag reads is the next one after what it read before."""
+    names = list(CUE_FIELDS)
+    asked = asked_fields(task, thinks)
+    return tuple(names.index(n) for n in (*[n for n in names if n not in asked], *asked))
+
+
 # Every English label tag: the mini tokenizer makes each one token, so a cue answer is one decision.
 MINI_LABEL_TAGS = tuple(dict.fromkeys((*AGES, *GENDERS, *USER_EMOTIONS, *SOUND_EVENTS, *REPLY_EMOTIONS["mini"])))
 

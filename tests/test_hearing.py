@@ -48,7 +48,8 @@ def hearing_config():
     config.encoder = whisper_base_encoder()
     mini = preset("mini").adapter
     config.adapter = dataclasses.replace(config.adapter, output=mini.output, cue_frames=mini.cue_frames,
-                                         bigram_frames=mini.bigram_frames)
+                                         bigram_frames=mini.bigram_frames, task_ordered_cues=mini.task_ordered_cues,
+                                         pack_align=mini.pack_align)
     config.llm.hidden_size, config.llm.intermediate_size, config.llm.n_layers = 64, 128, 2
     return config
 

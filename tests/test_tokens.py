@@ -80,3 +80,17 @@ def test_special_ids_of_the_mini_preset_come_from_the_mini_tokenizer(mini_tok):
     ids = SpecialIds.build(preset("mini"), mini_tok)
     assert mini_tok.convert_ids_to_tokens(ids.unknown) == "&&"
     assert ids.speech_boundary == 512 and ids.audio_eos == 514
+
+
+def test_cue_order_puts_the_fields_a_task_asks_for_last_in_its_order():
+    from echat.tokens import CUE_FIELDS, asked_fields, cue_order
+
+    names = list(CUE_FIELDS)
+    assert asked_fields("<TRANSCRIBE> <EMOTION> <AGE> <GENDER>") == ("emotion", "age", "gender")
+    assert [names[i] for i in cue_order("<TRANSCRIBE> <EMOTION> <AGE> <GENDER>")] == [
+        "event", "emotion", "age", "gender"]
+    assert [names[i] for i in cue_order("<GENDER>")][-1] == "gender"
+    assert [names[i] for i in cue_order("<AGE> <GENDER>")][-2:] == ["age", "gender"]
+    assert cue_order("<TRANSCRIBE>") == tuple(range(len(names)))  # nothing asked: CUE_FIELDS order
+    assert [names[i] for i in cue_order("<S2TCHAT> <TEXT2TOKEN> <THINK>", thinks=True)] == [
+        "age", "gender", "emotion", "event"]  # the tag think's order

@@ -35,7 +35,7 @@ from echat.prompts import (
     effective_output_type,
     instruction_prompts,
 )
-from echat.tokens import IGNORE_INDEX, OutputType, SpecialIds, Stream
+from echat.tokens import CUE_FIELDS, IGNORE_INDEX, OutputType, SpecialIds, Stream, cue_order
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Example:
     labels: torch.Tensor
     feats: list[torch.Tensor]
     txt: str = ""
+    cue_orders: list[tuple[int, ...]] = field(default_factory=list)  # per clip: its cue-frame order
 
     @property
     def frames(self) -> int:
@@ -69,7 +70,8 @@ class Batch:
     """Model input for one output type.
 
     ids, stream, labels, attention_mask: (B, L); feats: (N, T, n_mels) with feat_lengths (N,),
-    the audio clips of all rows in order of appearance.
+    the audio clips of all rows in order of appearance; cue_orders (N, fields): each clip's cue-frame
+    order (indices into CUE_FIELDS, :meth:`SampleEncoder.cue_orders`), None when no example gave one.
     """
 
     keys: list[str]
@@ -81,6 +83,7 @@ class Batch:
     feats: torch.Tensor
     feat_lengths: torch.Tensor
     txts: list[str]
+    cue_orders: torch.Tensor | None = None
 
     def to(self, device) -> Batch:
         tensors = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
@@ -208,7 +211,18 @@ class SampleEncoder:
         if augment is not None:
             feats = [spec_augment(f, self.config, augment) for f in feats]
         ids, stream, labels = self.sequence(segments, feats)
-        return Example(sample.record.key, kind, ids, stream, labels, feats, sample.record.txt)
+        orders = self.cue_orders(sample.record.task, kind, len(feats))
+        return Example(sample.record.key, kind, ids, stream, labels, feats, sample.record.txt, orders)
+
+    def cue_orders(self, task: str, kind: OutputType, clips: int) -> list[tuple[int, ...]]:
+        """The cue-frame order of each of ``clips`` clips of a ``task`` sample (the current clip last):
+        the order its answer reports the cues in with ``AdapterConfig.task_ordered_cues``
+        (:func:`echat.tokens.cue_order`), otherwise, and for history clips, CUE_FIELDS order."""
+        canonical = tuple(range(len(CUE_FIELDS)))
+        if not clips:
+            return []
+        current = cue_order(task, kind.thinks) if self.config.adapter.task_ordered_cues else canonical
+        return [canonical] * (clips - 1) + [current]
 
     def features(self, clip: np.ndarray) -> torch.Tensor:
         """Log-mel (T, n_mels) of a clip, computed once per clip array (epochs reuse it)."""
@@ -276,8 +290,10 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     for i, clip in enumerate(clips):
         feats[i, : clip.shape[0]] = clip
     lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
+    orders = [o for e in examples for o in e.cue_orders]
+    cue_orders = torch.tensor(orders, dtype=torch.long) if clips and len(orders) == len(clips) else None
     return Batch([e.key for e in examples], examples[0].kind, ids, stream, labels, mask, feats, lengths,
-                 [e.txt for e in examples])
+                 [e.txt for e in examples], cue_orders)
 
 
 def dynamic_batches(examples: Iterable[Example], max_tokens: int, max_frames: int,

@@ -134,7 +134,8 @@ def teacher_forced(model, samples: list[Sample], dictated: bool = False) -> Forc
         batch = batch.to(model.device)
         clips = None
         if dictated:
-            targets = bridge_targets([records[k] for k in batch.keys], model.tokenizer).to(model.device)
+            targets = bridge_targets([records[k] for k in batch.keys], model.tokenizer,
+                                     batch.cue_orders).to(model.device)
             clips = dictation_for(model, batch.feat_lengths, targets)
         predicted, target, rows = (t.tolist() for t in model.teacher_forced(batch, clips))
         for row, key in enumerate(batch.keys):
@@ -184,7 +185,7 @@ def dictating(model, record):
     from echat.train.bridge import bridge_targets, dictation_for
 
     targets = bridge_targets([record], model.tokenizer).to(model.device)
-    model.encode_clips = lambda feats, lengths: dictation_for(model, lengths, targets)
+    model.encode_clips = lambda feats, lengths, cue_orders=None: dictation_for(model, lengths, targets)
     try:
         yield model
     finally:

@@ -161,6 +161,7 @@ class Adapter(nn.Module):
             self.cue_trunk = nn.Sequential(nn.Linear(input_dim, cfg.d_model), nn.GELU())
             self.cues = nn.ModuleDict({name: nn.Linear(cfg.d_model, len(LABEL_SETS[name])) for name in CUE_FIELDS})
         self.bigram_frames = cfg.bigram_frames
+        self.pack_align = cfg.pack_align
         if cfg.bigram_frames:  # fixed, rebuilt from seed 0 (not in the state dict): no weights, no keys
             self.register_buffer("previous_map", torch.empty(output_dim, output_dim), persistent=False)  # (H, H)
             self.register_buffer("first_previous", torch.empty(output_dim), persistent=False)  # (H,)
@@ -184,10 +185,12 @@ class Adapter(nn.Module):
         return self.downsample.output_lengths(lengths)
 
     def forward(self, x: Tensor, lengths: Tensor, token_table: Tensor | None = None,
-                cue_ids: dict[str, Tensor] | None = None) -> AdapterOutput:
+                cue_ids: dict[str, Tensor] | None = None, cue_orders: Tensor | None = None) -> AdapterOutput:
         """``x`` (B, T, input_dim), ``lengths`` (B,) → ``AdapterOutput`` (B, T'', output_dim).
         ``token_table`` (V, output_dim): the LLM's input embeddings, needed by the token outputs;
-        ``cue_ids``: field -> token ids (labels,) of its label tags in LABEL_SETS order, for cue frames."""
+        ``cue_ids``: field -> token ids (labels,) of its label tags in LABEL_SETS order, for cue frames;
+        ``cue_orders`` (B, fields): per clip, the order of its cue frames as indices into CUE_FIELDS
+        (:func:`echat.tokens.cue_order`, see ``AdapterConfig.task_ordered_cues``); None = CUE_FIELDS order."""
         if x.dim() != 3 or x.size(-1) != self.input_dim:
             raise ValueError(f"Adapter expects (B, T, {self.input_dim}) frames, got {tuple(x.shape)}")
         batch, frames, _ = x.shape
@@ -209,15 +212,17 @@ class Adapter(nn.Module):
         elif self.output in TOKEN_OUTPUTS:
             y, logits = self._token_mix(y, token_table)
             if self.output == "token_pack":
-                y, cue_logits = self._pack(y, logits, out_lengths, x, lengths, token_table, cue_ids)
+                y, cue_logits = self._pack(y, logits, out_lengths, x, lengths, token_table, cue_ids, cue_orders)
         if self.output_rms:
             y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
         return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits, cue_logits)
 
     def _pack(self, y: Tensor, logits: Tensor, out_lengths: Tensor, x: Tensor, lengths: Tensor, token_table: Tensor,
-              cue_ids: dict[str, Tensor] | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+              cue_ids: dict[str, Tensor] | None, cue_orders: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
         """Token mixes (B, T'', H) -> the packed frames the LLM reads: the greedy CTC path of ``logits`` to the
-        front, then the cue frames, each carrying its predecessor with bigram frames; and the cue logits."""
+        front, then the cue frames (in each clip's ``cue_orders``, when given), each carrying
+        its predecessor with bigram frames, moved to the end of the clip with ``pack_align = "end"``;
+        and the cue logits."""
         ids = logits.argmax(-1)  # (B, T'')
         blank = logits.shape[-1] - 1
         y = pack_tokens(y, ids, out_lengths, blank)
@@ -225,11 +230,19 @@ class Adapter(nn.Module):
         cue_logits = None
         if hasattr(self, "cues"):
             cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids)
+            if cue_orders is not None:
+                frames = frames.gather(1, cue_orders[..., None].expand(-1, -1, frames.shape[-1]))
             y = place_after(y, frames, spoken, out_lengths)
             spoken = spoken + frames.shape[1]
+        return self.finish_pack(y, torch.minimum(spoken, out_lengths), out_lengths), cue_logits
+
+    def finish_pack(self, frames: Tensor, counts: Tensor, lengths: Tensor) -> Tensor:
+        """Packed frames (B, T, H) whose first ``counts`` (B,) per clip are tokens, of ``lengths`` (B,) valid
+        frames: with bigram frames each token carries its predecessor; with ``pack_align = "end"`` the tokens
+        move to the end of their clip's valid frames. Dictation frames go through the same steps."""
         if self.bigram_frames:
-            y = self.add_previous(y, torch.minimum(spoken, out_lengths))
-        return y, cue_logits
+            frames = self.add_previous(frames, counts)
+        return align_end(frames, counts, lengths) if self.pack_align == "end" else frames
 
     def add_previous(self, frames: Tensor, counts: Tensor) -> Tensor:
         """Packed frames (B, T, H), of which the first ``counts`` (B,) per clip are tokens: each of those
@@ -271,6 +284,15 @@ class Adapter(nn.Module):
 def ctc_path(ids: list[int], blank: int) -> list[int]:
     """Greedy CTC output of one clip's frame-wise ids: repeats merged, blanks dropped."""
     return [i for t, i in enumerate(ids) if i != blank and (t == 0 or i != ids[t - 1])]
+
+
+def align_end(frames: Tensor, counts: Tensor, lengths: Tensor) -> Tensor:
+    """Frames (B, T, H) whose first ``counts`` (B,) per clip hold tokens -> the same tokens as the last
+    ``counts`` of each clip's ``lengths`` (B,) valid frames, zeros before them (and after ``lengths``)."""
+    source = torch.arange(frames.shape[1], device=frames.device)[None] - (lengths - counts)[:, None]  # (B, T)
+    keep = (source >= 0) & (source < counts[:, None])
+    moved = frames.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, frames.shape[-1]))
+    return moved * keep.unsqueeze(-1).to(frames.dtype)
 
 
 def spoken_tokens(ids: Tensor, lengths: Tensor, blank: int) -> Tensor:

@@ -192,11 +192,14 @@ def stream(model, audio=None, text: str | None = None, task: str | None = None, 
     kind, ids, codes, feats = build_prompt(model, audio, text, task, think, history)
     options = options or default_options(kind)
     special = SpecialIds.build(model.config, model.tokenizer)
-    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True) if feats else None
-    lengths = torch.tensor([f.shape[0] for f in feats]) if feats else None
     device = model.device
-    embeds = model.embed(ids[None].to(device), codes[None].to(device),
-                         padded.to(device) if feats else None, lengths.to(device) if feats else None)
+    clips = None
+    if feats:
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)
+        orders = SampleEncoder(model.config, model.tokenizer).cue_orders(task, kind, len(feats))
+        clips = model.encode_clips(padded, torch.tensor([f.shape[0] for f in feats], device=device),
+                                   torch.tensor(orders, device=device))
+    embeds = model.embed(ids[None].to(device), codes[None].to(device), clips=clips)
     decoder = _Decoder(model, embeds, options.use_cache)
     gen = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
     procs, timings, text_out = _processors(options), Timings(), _TextStream(model.tokenizer)

@@ -34,10 +34,11 @@ from echat.data.schema import Record
 from echat.models.adapter import AdapterOutput, ctc_path
 from echat.models.echat import EChatOutput
 from echat.models.encoder import mean_frame
-from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, canonical_label
+from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, asked_fields, canonical_label
 
 SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
 RANDOM = "~random"  # key suffix of a record made by random_words
+RANDOM_TAGS = "~tags"  # key suffix of a record made by random_cues
 # Characters of the encoder's CTC head (the CTC blank is one more class, after these).
 CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
@@ -72,12 +73,15 @@ class BridgeTargets:
                                    tag_counts=torch.zeros_like(self.tag_counts))
 
 
-def bridge_targets(records: list[Record], tokenizer) -> BridgeTargets | None:
-    """Targets for a batch whose rows each hold one clip spoken from ``extra.q_txt``; None otherwise."""
+def bridge_targets(records: list[Record], tokenizer, cue_orders: Tensor | None = None) -> BridgeTargets | None:
+    """Targets for a batch whose rows each hold one clip spoken from ``extra.q_txt``; None otherwise.
+    ``cue_orders`` (N, fields): the order of each clip's cue tags (Batch.cue_orders); None = CUE_FIELDS."""
     if not records or any(not r.wav or r.history or not r.extra.get("q_txt") for r in records):
         return None
+    orders = cue_orders.tolist() if cue_orders is not None else [None] * len(records)
     words = [tokenizer(r.extra["q_txt"], add_special_tokens=False)["input_ids"] for r in records]
-    tags = [tokenizer(cue_tags(r), add_special_tokens=False)["input_ids"] for r in records]
+    tags = [tokenizer(cue_tags(r, o), add_special_tokens=False)["input_ids"] for r, o in zip(records, orders,
+                                                                                           strict=True)]
     ids = [w + t for w, t in zip(words, tags, strict=True)]
     cues = {name: torch.tensor([_class_index(name, r.extra.get(key)) for r in records])
             for name, key in CUE_FIELDS.items()}
@@ -117,15 +121,69 @@ def random_words(record: Record, rng: random.Random, words: list[str]) -> Record
                                extra={**record.extra, "q_txt": drawn})
 
 
+def random_cues(record: Record, rng: random.Random) -> Record:
+    """The record with every cue label drawn at random from its field's labels, in ``extra`` and in the
+    tags its answer (``txt``) reports, under the key ``<key>~tags``; the audio is not touched (dictation
+    reads the labels, not the audio). Records whose task asks for no cue, or whose answer does not end
+    with the asked tags, come back unchanged.
+
+    Why: a tag drawn at random is predicted by nothing but the frame that shows it — neither the sentence
+    nor the field's most common label — so the LLM learns to read tag frames (docs/hearing.md E47-E48)."""
+    asked = asked_fields(record.task)
+    if not asked or any(not record.extra.get(CUE_FIELDS[name]) for name in asked):
+        return record
+    told = "".join(canonical_label(name, record.extra[CUE_FIELDS[name]]) for name in asked)
+    if not record.txt.endswith(told):
+        return record
+    extra = {**record.extra, **{key: rng.choice(LABEL_SETS[name]) for name, key in CUE_FIELDS.items()}}
+    drawn = "".join(extra[CUE_FIELDS[name]] for name in asked)
+    return dataclasses.replace(record, key=f"{record.key}{RANDOM_TAGS}", txt=record.txt[:-len(told)] + drawn,
+                               extra=extra)
+
+
+@torch.no_grad()
+def spread_tag_rows(echat, directions: int = 32, seed: int = 0) -> bool:
+    """Set the LLM's cue-label tag rows (input and output embeddings) to distinct rows inside the space its
+    word rows span: random orthonormal combinations of the top ``directions`` principal directions of the
+    word rows (every token the tokenizer did not add), each at the word rows' mean norm. Returns False,
+    changing nothing, when the tokenizer spells the tags in several tokens (they have no rows of their own).
+
+    Why: trained as answers before anything reads them, a field's tag rows collapse onto each other (within-
+    field cosine 0.8-0.98, docs/hearing.md E30, E45), and a collapsed tag frame cannot be read (E49-E51).
+    Orthonormal rows at the words' scale are read at one place (E52); inside the word span the copying
+    circuit that stage 0 formed on words reads all four fields at once (E56: 50 steps against 250 for
+    rows outside it, E55)."""
+    tokenizer = echat.tokenizer
+    try:
+        tags = torch.cat(list(echat.cue_token_ids().values()))
+    except ValueError:  # the tags are split into word pieces
+        return False
+    added = set(tokenizer.added_tokens_encoder.values())
+    words = torch.tensor([i for i in range(len(tokenizer)) if i not in added], device=tags.device)
+    table = echat.llm.get_input_embeddings().weight  # (V, H)
+    head = echat.llm.get_output_embeddings().weight
+    rows = table[words].float()  # (W, H)
+    _, _, basis = torch.linalg.svd(rows - rows.mean(0), full_matrices=False)  # (min(W, H), H)
+    k = min(max(directions, len(tags)), basis.shape[0])
+    mix, _ = torch.linalg.qr(torch.randn(k, len(tags), generator=torch.Generator().manual_seed(seed)))  # (k, T)
+    spread = mix.T.to(basis.device) @ basis[:k]  # (T, H), orthonormal rows
+    spread = spread * rows.norm(dim=1).mean()
+    for weights in (table, head) if head is not table else (table,):
+        weights[tags] = spread.to(weights.dtype)
+    return True
+
+
 def corpus_words(records: list[Record]) -> list[str]:
     """The distinct words of the records' spoken transcripts (``extra.q_txt``), sorted."""
     return sorted({word for r in records for word in (r.extra.get("q_txt") or "").split()})
 
 
-def cue_tags(record: Record) -> str:
-    """The clip's known cue tags after its transcript in the token targets (emotion, age, gender, event):
-    the frames that spell the words also spell how they were said."""
-    return "".join(canonical_label(name, record.extra[key]) for name, key in CUE_FIELDS.items()
+def cue_tags(record: Record, order: list[int] | None = None) -> str:
+    """The clip's known cue tags after its transcript in the token targets, in ``order`` (indices into
+    CUE_FIELDS; default CUE_FIELDS order): the frames that spell the words also spell how they were said."""
+    fields = list(CUE_FIELDS.items())
+    chosen = [fields[i] for i in order] if order is not None else fields
+    return "".join(canonical_label(name, record.extra[key]) for name, key in chosen
                    if record.extra.get(key) and canonical_label(name, record.extra[key]) in LABEL_SETS[name])
 
 
@@ -223,10 +281,8 @@ def dictation_for(echat, feat_lengths: Tensor, targets: BridgeTargets) -> Adapte
     table = echat.llm.get_input_embeddings().weight
     if echat.adapter.output == "token_pack":
         clips = packed_dictation_clips(targets, lengths, table)
-        if echat.adapter.bigram_frames:
-            counts = torch.minimum(targets.token_lengths.to(lengths.device), lengths)
-            clips = clips._replace(embeddings=echat.adapter.add_previous(clips.embeddings, counts))
-        return clips
+        counts = torch.minimum(targets.token_lengths.to(lengths.device), lengths)
+        return clips._replace(embeddings=echat.adapter.finish_pack(clips.embeddings, counts, lengths))
     blank = getattr(echat.adapter, "blank", None)
     return dictation_clips(targets, lengths, table, blank if blank is not None else table.new_zeros(()))
 
@@ -275,7 +331,7 @@ class BridgedModel(nn.Module):
         if self.dictation:
             return self.echat(batch, clips=dictation_for(self.echat, batch.feat_lengths, targets))
         enc = self.echat.run_encoder(batch.feats, batch.feat_lengths)
-        clips = self.echat.adapt(enc)
+        clips = self.echat.adapt(enc, batch.cue_orders)
         if bridge_only:
             zero = torch.zeros((), device=batch.feats.device)
             out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)

@@ -44,6 +44,9 @@ class Phase:
     steps: int
     bridge_only: bool = False  # train on the bridge losses alone (no LLM forward): the acoustic warm-up
     batch_scale: float = 1.0  # multiplies the batch limits (frames and tokens) of the train config
+    # at the phase's first step, set the LLM's cue-tag rows apart inside the word rows' span
+    # (echat.train.bridge.spread_tag_rows): the tags become readable once copying has formed on words
+    spread_tags: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,18 @@ class StageRecipe:
     shuffled_dictation: float = 0.0
     # with dictation: the share of transcripts replaced by random corpus words (echat.train.bridge.random_words)
     random_dictation: float = 0.0
+    # with dictation: the share of records asking for cue tags whose labels are drawn at random
+    # (echat.train.bridge.random_cues), so that only reading the tag frames predicts the tags
+    random_tags: float = 0.0
     epoch_size: int = 512  # records drawn per epoch (then batched)
 
     @property
     def max_steps(self) -> int:
         return sum(p.steps for p in self.phases)
+
+    def phase_start(self, index: int) -> int:
+        """The step at which phase ``index`` begins."""
+        return sum(p.steps for p in self.phases[:index])
 
     def phase_at(self, step: int) -> tuple[int, Phase]:
         for index, phase in enumerate(self.phases):
@@ -87,7 +97,8 @@ class StageRecipe:
         for i, phase in enumerate(self.phases):
             total = sum(w for _, w in phase.mix)
             notes = (", bridge losses only" if phase.bridge_only else "") + (
-                f", batches x {phase.batch_scale:g}" if phase.batch_scale != 1.0 else "")
+                f", batches x {phase.batch_scale:g}" if phase.batch_scale != 1.0 else "") + (
+                ", tag rows spread at its start" if phase.spread_tags else "")
             lines.append(f"  phase {i + 1} ({phase.steps} steps{notes}): "
                          + ", ".join(f"{f} {w / total:.0%}" for f, w in phase.mix))
         return "\n".join(lines)
@@ -114,8 +125,8 @@ DICTATION_MIX = (("text_lm", 1.0), ("asr", 2.0), ("asrp", 1.0), ("only_p", 1.0))
 
 def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
     return (
-        StageRecipe("text", (Phase((("asr", 1.0),), steps(800)), Phase(DICTATION_MIX, steps(200))),
-                    _lr(llm=1.0), lr=2e-3, dictation=True),
+        StageRecipe("text", (Phase((("asr", 1.0),), steps(800)), Phase(DICTATION_MIX, steps(200), spread_tags=True)),
+                    _lr(llm=1.0), lr=2e-3, dictation=True, random_tags=1.0),
         StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(400), bridge_only=True, batch_scale=2.0),
                                       Phase(UNDERSTANDING_MIX, steps(300))),
                     _lr(adapter=1.0), lr=3e-3, bridge=1.0),

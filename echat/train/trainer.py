@@ -39,7 +39,15 @@ from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.hearing import distinct_clips
 from echat.models.checkpoint import LATEST
 from echat.models.encoder import EncoderCache
-from echat.train.bridge import BridgedModel, bridge_targets, corpus_words, random_words, shuffled_words
+from echat.train.bridge import (
+    BridgedModel,
+    bridge_targets,
+    corpus_words,
+    random_cues,
+    random_words,
+    shuffled_words,
+    spread_tag_rows,
+)
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import set_trainable
 
@@ -125,6 +133,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, self.optimizer, self.scheduler)
         self.state = TrainState()
+        self.started_phases: set[int] = set()  # phases whose set-up ran (_start_phase)
         self.pipeline = DataPipeline(self.config, self.tokenizer, think=recipe.think, train=True,
                                      text_lm=recipe.name == "text")
 
@@ -139,14 +148,18 @@ class Trainer:
     def _drill(self, record, rng: random.Random):
         """``record`` as drawn for a dictation epoch: with the recipe's odds a drill whose words are random
         corpus words (:func:`~echat.train.bridge.random_words`) or its own words shuffled
-        (:func:`~echat.train.bridge.shuffled_words`), registered with the record's audio so that batches
-        and bridge targets find it by its key; otherwise the record itself."""
+        (:func:`~echat.train.bridge.shuffled_words`), and with the odds of ``random_tags`` its cue labels
+        drawn at random (:func:`~echat.train.bridge.random_cues`), registered with the record's audio so that
+        batches and bridge targets find it by its key; otherwise the record itself."""
+        drill = record
         draw = rng.random() if record.wav else 1.0
         if draw < self.recipe.random_dictation:
             drill = random_words(record, rng, self.words)
         elif draw < self.recipe.random_dictation + self.recipe.shuffled_dictation:
             drill = shuffled_words(record, rng)
-        else:
+        if record.wav and self.recipe.random_tags and rng.random() < self.recipe.random_tags:
+            drill = random_cues(drill, rng)
+        if drill is record:
             return record
         base = self.audio[record.key]
         self.audio[drill.key] = Sample(drill, base.audio, base.history_audio)
@@ -157,7 +170,7 @@ class Trainer:
         phase = self.recipe.phases[phase_index]
         rng = random.Random(self.config.train.seed * 7919 + epoch)
         records = mix_records(self.pool.by_family, phase, self.recipe.epoch_size, rng)
-        if self.recipe.shuffled_dictation or self.recipe.random_dictation:
+        if self.recipe.shuffled_dictation or self.recipe.random_dictation or self.recipe.random_tags:
             records = [self._drill(r, rng) for r in records]
         batches = list(self.pipeline.batches(self._samples(records), epoch, phase.batch_scale))
         world, rank = self.acc.num_processes, self.acc.process_index
@@ -192,6 +205,7 @@ class Trainer:
         stream = self._stream()
         try:
             while self.state.step < min(self.recipe.max_steps, until or self.recipe.max_steps):
+                self._start_phase()
                 record = self._train_step(next(stream))
                 if record is None:
                     continue
@@ -208,6 +222,17 @@ class Trainer:
         self.save()
         self.plot()
         return self.state
+
+    def _start_phase(self) -> None:
+        """A phase's set-up, once, before its first step (``Phase.spread_tags``); a run resumed later in the
+        phase does not repeat it."""
+        index, phase = self.recipe.phase_at(self.state.step)
+        if index in self.started_phases:
+            return
+        self.started_phases.add(index)
+        if phase.spread_tags and self.state.step == self.recipe.phase_start(index):
+            if not spread_tag_rows(self.bare_model(), seed=self.config.train.seed) and self.acc.is_main_process:
+                print(f"stage {self.recipe.name}: the tokenizer splits the cue tags; their rows are not spread")
 
     def _train_step(self, batch) -> dict | None:
         """One micro-batch; returns the logged record when an optimizer step happened."""
@@ -239,7 +264,7 @@ class Trainer:
             return ()
         if not batch.feats.shape[0]:  # text-only rows (stage 0's language modelling): nothing to bridge
             return None, False
-        targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer)
+        targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer, batch.cue_orders)
         bridge_only = self.recipe.phases[self.state.phase].bridge_only
         return targets.to(self.acc.device) if targets is not None else None, bridge_only
 

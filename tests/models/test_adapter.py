@@ -213,3 +213,62 @@ def test_bigram_frames_carry_the_rotated_frame_before_them():
     assert torch.allclose(out[0, 0], frames[0, 0] + start @ rotate, atol=1e-6)
     assert torch.allclose(out[0, 2], frames[0, 2] + frames[0, 1] @ rotate, atol=1e-6)
     assert not out[0, 3:].any() and not out[1, 1:].any()  # frames after the tokens stay zero
+
+
+def _cue_ids() -> dict[str, torch.Tensor]:
+    """field -> distinct token ids (labels,) of its label tags, after the "words" 0..9."""
+    from echat.tokens import CUE_FIELDS, LABEL_SETS
+
+    out, first = {}, 10
+    for name in CUE_FIELDS:
+        out[name] = torch.arange(len(LABEL_SETS[name])) + first
+        first += len(LABEL_SETS[name])
+    return out
+
+
+def test_cue_orders_lay_the_cue_frames_out_per_clip():
+    import dataclasses
+
+    from echat.tokens import CUE_FIELDS
+
+    cfg = dataclasses.replace(TINY, output="token_pack", cue_frames=True)
+    adapter = _adapter(cfg).eval()
+    table, cue_ids = torch.randn(40, 40), _cue_ids()
+    x, lengths = torch.randn(2, 60, 24), torch.tensor([60, 60])
+    plain = adapter(x, lengths, table, cue_ids)
+    orders = torch.tensor([[0, 1, 2, 3], [3, 2, 0, 1]])
+    ordered = adapter(x, lengths, table, cue_ids, orders)
+    assert torch.equal(ordered.embeddings[0], plain.embeddings[0])  # CUE_FIELDS order: nothing moves
+    ids = plain.token_logits.argmax(-1)[1, :int(plain.lengths[1])].tolist()
+    spoken = len([i for t, i in enumerate(ids) if i != 40 and (t == 0 or i != ids[t - 1])])
+    first = min(spoken, int(plain.lengths[1]) - len(CUE_FIELDS))
+    cues = plain.embeddings[1, first:first + 4]
+    assert torch.allclose(ordered.embeddings[1, first:first + 4], cues[[3, 2, 0, 1]])
+
+
+def test_align_end_moves_the_tokens_to_the_end_of_each_clip():
+    from echat.models.adapter import align_end
+
+    frames = torch.zeros(2, 6, 1)
+    frames[0, :3, 0] = torch.tensor([1.0, 2.0, 3.0])
+    frames[1, :2, 0] = torch.tensor([4.0, 5.0])
+    moved = align_end(frames, counts=torch.tensor([3, 2]), lengths=torch.tensor([6, 4]))
+    assert moved[0, :, 0].tolist() == [0, 0, 0, 1, 2, 3]
+    assert moved[1, :, 0].tolist() == [0, 0, 4, 5, 0, 0]  # within the clip's 4 valid frames
+
+
+def test_an_end_aligned_pack_ends_every_clip_with_its_last_cue_frame():
+    import dataclasses
+
+
+    start = dataclasses.replace(TINY, output="token_pack", cue_frames=True, bigram_frames=True)
+    end = dataclasses.replace(start, pack_align="end")
+    table, cue_ids = torch.randn(40, 40), _cue_ids()
+    x, lengths = torch.randn(2, 60, 24), torch.tensor([60, 44])
+    front, back = (_adapter(c).eval()(x, lengths, table, cue_ids) for c in (start, end))
+    for row, length in enumerate(front.lengths.tolist()):
+        kept = front.embeddings[row, :length].abs().sum(-1) > 0
+        count = int(kept.sum())
+        assert kept[:count].all()  # packed to the front ...
+        assert torch.allclose(back.embeddings[row, length - count:length], front.embeddings[row, :count])
+        assert not back.embeddings[row, :length - count].any()  # ... or to the end of the clip

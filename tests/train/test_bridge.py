@@ -192,3 +192,61 @@ def test_shuffled_words_reorder_the_transcript_in_the_answer_and_the_targets(asr
     assert drill.txt == drill.extra["q_txt"] + asrp.txt[len(spoken):]  # the tags stay after the words
     only_p = next(s.record for s in samples if family(s.record) == "only_p")
     assert shuffled_words(only_p, random.Random(0)) is only_p
+
+
+def test_random_cues_redraw_the_labels_and_the_tags_the_answer_reports(asr_samples):
+    import random
+
+    from echat.tokens import CUE_FIELDS, asked_fields
+    from echat.train.bridge import RANDOM_TAGS, random_cues
+
+    _, samples = asr_samples
+    rng = random.Random(0)
+    asked = [s.record for s in samples if asked_fields(s.record.task)]
+    assert asked
+    for record in asked:
+        drills = [random_cues(record, rng) for _ in range(20)]
+        for drill in drills:
+            assert drill.key == record.key + RANDOM_TAGS and drill.wav == record.wav
+            fields = asked_fields(record.task)
+            tags = "".join(drill.extra[CUE_FIELDS[name]] for name in fields)
+            told = "".join(record.extra[CUE_FIELDS[name]] for name in fields)
+            assert drill.txt == record.txt.removesuffix(told) + tags  # the transcript, then the drawn tags
+            assert all(drill.extra[key] in LABEL_SETS[name] for name, key in CUE_FIELDS.items())
+        assert len({d.extra["gender"] for d in drills}) == 2  # both genders drawn in 20 tries
+    plain = next(s.record for s in samples if not asked_fields(s.record.task))
+    assert random_cues(plain, rng) is plain  # ASR asks for no cue
+
+
+def test_bridge_targets_follow_each_clips_cue_order(asr_samples):
+    from echat.train.bridge import cue_tags
+
+    model, samples = asr_samples
+    record = samples[0].record
+    order = torch.tensor([[3, 2, 1, 0]])
+    targets = bridge_targets([record], model.tokenizer, order)
+    tags = targets.tokens[-4:].tolist()
+    canonical = model.tokenizer(cue_tags(record), add_special_tokens=False)["input_ids"]
+    assert tags == canonical[::-1]
+
+
+def test_spread_tag_rows_makes_the_tags_distinct_inside_the_word_span(smoke_corpus):
+    from echat.train.bridge import spread_tag_rows
+
+    model = _model("smoke", smoke_corpus, None)
+    tags = torch.cat(list(model.cue_token_ids().values()))
+    table = model.llm.get_input_embeddings().weight
+    table.data[tags] = table.data[tags[0]].clone()  # collapsed: every tag the same row
+    assert spread_tag_rows(model, directions=32)
+    rows = table[tags]
+    norms = rows.norm(dim=1)
+    cosine = torch.nn.functional.normalize(rows, dim=1) @ torch.nn.functional.normalize(rows, dim=1).T
+    assert torch.allclose(cosine, torch.eye(len(tags)), atol=1e-4)  # orthogonal
+    added = set(model.tokenizer.added_tokens_encoder.values())
+    words = table[[i for i in range(len(model.tokenizer)) if i not in added]]
+    assert torch.allclose(norms, words.norm(dim=1).mean().expand_as(norms), rtol=1e-4)
+    centred = words - words.mean(0)
+    _, _, basis = torch.linalg.svd(centred, full_matrices=False)
+    inside = rows @ basis[:32].T @ basis[:32]  # the part within the top 32 word directions
+    assert torch.allclose(inside, rows, atol=1e-4)
+    assert model.llm.get_output_embeddings().weight[tags].equal(rows)  # tied: the answers move too

@@ -130,3 +130,26 @@ def test_dev_evaluation_reports_the_stage_tasks_and_decodes(smoke_corpus, tmp_pa
     assert len(dev) == 1 and dev[0]["dev_loss"] and dev[0]["decodes"]
     expected = {"text": {"text2text", "text"}, "understanding": {"text"}}[stage_name]  # stage 0 adds dictation
     assert set(dev[0]["dev_loss"]) == expected
+
+
+def test_a_spread_tags_phase_sets_the_tag_rows_apart_once_at_its_start(smoke_corpus, tmp_path, monkeypatch):
+    import dataclasses
+
+    import echat.train.trainer as trainer_module
+    from echat.train.recipes import Phase
+
+    calls = []
+    real = trainer_module.spread_tag_rows
+    monkeypatch.setattr(trainer_module, "spread_tag_rows", lambda model, **kw: calls.append(
+        trainer.state.step) or real(model, **kw))
+    model = _model("smoke", smoke_corpus, None)
+    samples = load_split(smoke_corpus, "train", model.config)
+    text = stage("smoke", "text")
+    asr = Phase((("asr", 1.0),), 2)
+    tags = Phase((("asrp", 1.0), ("only_p", 1.0)), 3, spread_tags=True)
+    recipe = dataclasses.replace(text, phases=(asr, tags), random_tags=1.0)
+    trainer = Trainer(model, recipe, samples, tmp_path / "run", progress=False, eval_every=0, save_every=0)
+    trainer.fit()
+    assert calls == [2]  # once, before the first step of the second phase
+    drilled = [k for k in trainer.audio if k.endswith("~tags")]
+    assert drilled  # the ASR+P and only-P records of the tag phase had their labels redrawn
