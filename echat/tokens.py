@@ -155,7 +155,7 @@ NEUTRAL_REPLY = {"reference": "<中立>", "mini": "<NEUTRAL>"}
 FIELD_DEFAULTS = {"emotion": "<NEUTRAL>", "age": "<ADULT>", "gender": "<MALE>", "event": NO_EVENT}
 LABEL_SETS = {"age": AGES, "gender": GENDERS, "emotion": USER_EMOTIONS, "event": SOUND_EVENTS}
 # Cue field -> the key of a record's ``extra`` that holds its label, in the order a token adapter spells
-# the cue tags after the transcript (and the order of its cue frames, AdapterConfig.cue_frames).
+# the cue tags after the transcript (and the default order of its cue frames, AdapterConfig.cue_frames).
 CUE_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}
 # Understanding task tag -> the cue field its answer tag reports.
 FIELD_OF_TASK_TAG = {"<GENDER>": "gender", "<AGE>": "age", "<EMOTION>": "emotion", "<CAPTION>": "event"}
@@ -171,7 +171,7 @@ def asked_fields(task: str, thinks: bool = False) -> tuple[str, ...]:
 
 
 def cue_order(task: str, thinks: bool = False) -> tuple[int, ...]:
-    """Indices into :data:`CUE_FIELDS` in the order an adapter with ``cue_order`` lays out its cue frames
+    """Indices into :data:`CUE_FIELDS` in the order an adapter with ``task_ordered_cues`` lays out its cue frames
     for ``task``: the fields the answer does not report (in CUE_FIELDS order), then those it reports,
     in its order, so that the frame an answer tag reads is the next one after what it read before."""
     names = list(CUE_FIELDS)

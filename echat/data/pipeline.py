@@ -71,7 +71,7 @@ class Batch:
 
     ids, stream, labels, attention_mask: (B, L); feats: (N, T, n_mels) with feat_lengths (N,),
     the audio clips of all rows in order of appearance; cue_orders (N, fields): each clip's cue-frame
-    order (indices into CUE_FIELDS, :meth:`SampleEncoder.cue_orders`), None when no example gave one.
+    order (indices into CUE_FIELDS, :func:`clip_cue_orders`), None when no example gave one.
     """
 
     keys: list[str]
@@ -211,18 +211,8 @@ class SampleEncoder:
         if augment is not None:
             feats = [spec_augment(f, self.config, augment) for f in feats]
         ids, stream, labels = self.sequence(segments, feats)
-        orders = self.cue_orders(sample.record.task, kind, len(feats))
+        orders = clip_cue_orders(self.config, sample.record.task, kind, len(feats))
         return Example(sample.record.key, kind, ids, stream, labels, feats, sample.record.txt, orders)
-
-    def cue_orders(self, task: str, kind: OutputType, clips: int) -> list[tuple[int, ...]]:
-        """The cue-frame order of each of ``clips`` clips of a ``task`` sample (the current clip last):
-        the order its answer reports the cues in with ``AdapterConfig.task_ordered_cues``
-        (:func:`echat.tokens.cue_order`), otherwise, and for history clips, CUE_FIELDS order."""
-        canonical = tuple(range(len(CUE_FIELDS)))
-        if not clips:
-            return []
-        current = cue_order(task, kind.thinks) if self.config.adapter.task_ordered_cues else canonical
-        return [canonical] * (clips - 1) + [current]
 
     def features(self, clip: np.ndarray) -> torch.Tensor:
         """Log-mel (T, n_mels) of a clip, computed once per clip array (epochs reuse it)."""
@@ -271,6 +261,17 @@ class SampleEncoder:
 # ----------------------------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------------------------
+
+
+def clip_cue_orders(config: EChatConfig, task: str, kind: OutputType, clips: int) -> list[tuple[int, ...]]:
+    """The cue-frame order of each of ``clips`` clips of a ``task`` sample (the current clip last): the
+    order its answer reports the cues in with ``AdapterConfig.task_ordered_cues``
+    (:func:`echat.tokens.cue_order`), otherwise, and for history clips, CUE_FIELDS order."""
+    canonical = tuple(range(len(CUE_FIELDS)))
+    if not clips:
+        return []
+    current = cue_order(task, kind.thinks) if config.adapter.task_ordered_cues else canonical
+    return [canonical] * (clips - 1) + [current]
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:

@@ -47,11 +47,11 @@ from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.metrics import cer, pick_label, split_asr_output
 from echat.models.adapter import TOKEN_OUTPUTS, ctc_path
 from echat.models.encoder import EncoderCache, mean_frame
-from echat.tokens import CUE_FIELDS, LABEL_SETS, TRANSCRIBE, canonical_label
+from echat.tokens import CUE_FIELDS, FIELD_OF_TASK_TAG, LABEL_SETS, TRANSCRIBE, canonical_label
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
 ASRP_FIELDS = (("emotion", "q_emotion"), ("age", "age"), ("gender", "gender"))  # task order
-ONLY_P_FIELD_TASKS = {"gender": "<GENDER>", "age": "<AGE>", "emotion": "<EMOTION>", "event": "<CAPTION>"}
+ONLY_P_FIELD_TASKS = {field: task for task, field in FIELD_OF_TASK_TAG.items()}
 SETS = ("train", "seen", "unseen")
 GREEDY_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=64)
 
@@ -184,8 +184,10 @@ def dictating(model, record):
     (:func:`echat.train.bridge.dictation_for`) wherever it would read a clip's adapter frames."""
     from echat.train.bridge import bridge_targets, dictation_for
 
-    targets = bridge_targets([record], model.tokenizer).to(model.device)
-    model.encode_clips = lambda feats, lengths, cue_orders=None: dictation_for(model, lengths, targets)
+    def dictated(feats, lengths, cue_orders=None):
+        return dictation_for(model, lengths, bridge_targets([record], model.tokenizer, cue_orders).to(model.device))
+
+    model.encode_clips = dictated
     try:
         yield model
     finally:
