@@ -87,10 +87,11 @@ class AdapterConfig:
     # rotation (the first one a fixed start direction), so that "find the frame that follows the token
     # I just wrote" is one attention lookup for the LLM instead of a two-layer induction circuit.
     bigram_frames: bool = False
-    # With cue frames: lay them out in the order the task's answer reports them (the fields it does not
-    # ask for first, tokens.cue_order), so that every answer tag copies the frame after the one it copied
-    # before, as the transcript's words do; the order comes with each clip (Batch.cue_orders).
-    # A departure from the paper's task-agnostic adapter, measured in docs/hearing.md (E55-E58).
+    # With cue frames: lay the pack out in the order the task's answer reports it (tokens.pack_layout: the
+    # fields it asks for in its order, then the others; the transcript first unless the answer starts with
+    # the tags), so that the LLM answers by copying the pack from its start, as it copies a transcript; the
+    # layout comes with each clip (Batch.pack_layouts). A departure from the paper's task-agnostic adapter,
+    # measured in docs/hearing.md (E55-E58, E65-E67).
     task_ordered_cues: bool = False
     # With "token_pack": where the packed frames sit in their clip: "start" (zeros after them) or "end"
     # (zeros before them), which puts the last cue frame at a fixed distance from the answer (E56-E58).

@@ -170,13 +170,26 @@ def asked_fields(task: str, thinks: bool = False) -> tuple[str, ...]:
     return tuple(FIELD_OF_TASK_TAG[p] for p in normalize_task(task).split(" ") if p in FIELD_OF_TASK_TAG)
 
 
-def cue_order(task: str, thinks: bool = False) -> tuple[int, ...]:
-    """Indices into :data:`CUE_FIELDS` in the order an adapter with ``task_ordered_cues`` lays out its cue frames
-    for ``task``: the fields the answer does not report (in CUE_FIELDS order), then those it reports,
-    in its order, so that the frame an answer tag reads is the next one after what it read before."""
+# In a pack layout (:func:`pack_layout`), the block of the transcript's tokens (cue fields are 0..3).
+WORDS_BLOCK = len(CUE_FIELDS)
+
+
+def pack_layout(task: str, thinks: bool = False) -> tuple[int, ...]:
+    """The blocks of a token pack in the order an adapter with ``task_ordered_cues`` lays them out for
+    ``task``: indices into :data:`CUE_FIELDS` for cue frames and :data:`WORDS_BLOCK` for the transcript.
+    The packed frames follow the answer: the fields it reports in its order, then the others (CUE_FIELDS
+    order); the transcript first, unless the answer starts with the tags (only-P), where it comes after
+    the reported fields. The LLM then answers by copying the pack from its start, as it copies a
+    transcript (docs/hearing.md, E65-E67).
+
+    >>> pack_layout("<TRANSCRIBE> <EMOTION>"), pack_layout("<GENDER>")
+    ((4, 2, 0, 1, 3), (0, 4, 1, 2, 3))
+    """
     names = list(CUE_FIELDS)
     asked = asked_fields(task, thinks)
-    return tuple(names.index(n) for n in (*[n for n in names if n not in asked], *asked))
+    fields = [names.index(n) for n in (*asked, *[n for n in names if n not in asked])]
+    lead = len(asked) if is_only_p(task) and not thinks else 0
+    return (*fields[:lead], WORDS_BLOCK, *fields[lead:])
 
 
 # Every English label tag: the mini tokenizer makes each one token, so a cue answer is one decision.

@@ -82,15 +82,16 @@ def test_special_ids_of_the_mini_preset_come_from_the_mini_tokenizer(mini_tok):
     assert ids.speech_boundary == 512 and ids.audio_eos == 514
 
 
-def test_cue_order_puts_the_fields_a_task_asks_for_last_in_its_order():
-    from echat.tokens import CUE_FIELDS, asked_fields, cue_order
+def test_pack_layout_follows_the_answer_the_task_asks_for():
+    from echat.tokens import CUE_FIELDS, WORDS_BLOCK, asked_fields, pack_layout
 
-    names = list(CUE_FIELDS)
+    names = [*CUE_FIELDS, "words"]  # WORDS_BLOCK == len(CUE_FIELDS)
+    blocks = lambda task, thinks=False: [names[i] for i in pack_layout(task, thinks)]  # noqa: E731
+    assert WORDS_BLOCK == 4
     assert asked_fields("<TRANSCRIBE> <EMOTION> <AGE> <GENDER>") == ("emotion", "age", "gender")
-    assert [names[i] for i in cue_order("<TRANSCRIBE> <EMOTION> <AGE> <GENDER>")] == [
-        "event", "emotion", "age", "gender"]
-    assert [names[i] for i in cue_order("<GENDER>")][-1] == "gender"
-    assert [names[i] for i in cue_order("<AGE> <GENDER>")][-2:] == ["age", "gender"]
-    assert cue_order("<TRANSCRIBE>") == tuple(range(len(names)))  # nothing asked: CUE_FIELDS order
-    assert [names[i] for i in cue_order("<S2TCHAT> <TEXT2TOKEN> <THINK>", thinks=True)] == [
-        "age", "gender", "emotion", "event"]  # the tag think's order
+    assert blocks("<TRANSCRIBE> <EMOTION> <AGE> <GENDER>") == ["words", "emotion", "age", "gender", "event"]
+    assert blocks("<GENDER>") == ["gender", "words", "age", "emotion", "event"]  # only-P: the tag leads
+    assert blocks("<AGE> <GENDER>") == ["age", "gender", "words", "emotion", "event"]
+    assert blocks("<TRANSCRIBE>") == ["words", *CUE_FIELDS]  # nothing asked: CUE_FIELDS order
+    assert blocks("<S2TCHAT> <TEXT2TOKEN> <THINK>", thinks=True) == [
+        "words", "age", "gender", "emotion", "event"]  # the tag think's order, after what was said

@@ -35,7 +35,7 @@ from echat.prompts import (
     effective_output_type,
     instruction_prompts,
 )
-from echat.tokens import CUE_FIELDS, IGNORE_INDEX, OutputType, SpecialIds, Stream, cue_order
+from echat.tokens import CUE_FIELDS, IGNORE_INDEX, WORDS_BLOCK, OutputType, SpecialIds, Stream, pack_layout
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Example:
     labels: torch.Tensor
     feats: list[torch.Tensor]
     txt: str = ""
-    cue_orders: list[tuple[int, ...]] = field(default_factory=list)  # per clip: its cue-frame order
+    pack_layouts: list[tuple[int, ...]] = field(default_factory=list)  # per clip: the order of its pack's blocks
 
     @property
     def frames(self) -> int:
@@ -70,8 +70,9 @@ class Batch:
     """Model input for one output type.
 
     ids, stream, labels, attention_mask: (B, L); feats: (N, T, n_mels) with feat_lengths (N,),
-    the audio clips of all rows in order of appearance; cue_orders (N, fields): each clip's cue-frame
-    order (indices into CUE_FIELDS, :func:`clip_cue_orders`), None when no example gave one.
+    the audio clips of all rows in order of appearance; pack_layouts (N, fields + 1): the order of each
+    clip's token-pack blocks (CUE_FIELDS indices and WORDS_BLOCK, :func:`clip_pack_layouts`), None when no
+    example gave one.
     """
 
     keys: list[str]
@@ -83,7 +84,7 @@ class Batch:
     feats: torch.Tensor
     feat_lengths: torch.Tensor
     txts: list[str]
-    cue_orders: torch.Tensor | None = None
+    pack_layouts: torch.Tensor | None = None
 
     def to(self, device) -> Batch:
         tensors = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
@@ -173,7 +174,10 @@ class SampleEncoder:
     def __init__(self, config: EChatConfig, tokenizer, think: str = "none",
                  instructions: dict | None = None, text_lm: bool = False):
         self.config = config
-        self.text_lm = text_lm  # stage 0: every text position is a target (plain language modelling)
+        # stage 0: every text position of a text-only sample is a target (plain language modelling of the
+        # corpus text); a sample with audio keeps its answer as the only target, which the LLM must learn to
+        # read from the audio (whole-text targets there drowned the only-P answers: docs/hearing.md E68)
+        self.text_lm = text_lm
         self.tokenizer = tokenizer
         self.think = think
         self.ids = SpecialIds.build(config, tokenizer)
@@ -211,7 +215,7 @@ class SampleEncoder:
         if augment is not None:
             feats = [spec_augment(f, self.config, augment) for f in feats]
         ids, stream, labels = self.sequence(segments, feats)
-        orders = clip_cue_orders(self.config, sample.record.task, kind, len(feats))
+        orders = clip_pack_layouts(self.config, sample.record.task, kind, len(feats))
         return Example(sample.record.key, kind, ids, stream, labels, feats, sample.record.txt, orders)
 
     def features(self, clip: np.ndarray) -> torch.Tensor:
@@ -228,7 +232,7 @@ class SampleEncoder:
             seg_ids, seg_stream = self._segment(seg, feats)
             ids += seg_ids
             stream += seg_stream
-            labels += self._labels(seg, seg_ids)
+            labels += self._labels(seg, seg_ids, whole_text=self.text_lm and not feats)
         return tuple(torch.tensor(xs, dtype=torch.long) for xs in (ids, stream, labels))
 
     def _segment(self, seg: Segment, feats: list[torch.Tensor]) -> tuple[list[int], list[int]]:
@@ -241,8 +245,8 @@ class SampleEncoder:
         ids = [self.ids.audio_bos] + [0] * n + [self.ids.audio_eos]
         return ids, [Stream.SPEECH] + [Stream.AUDIO] * n + [Stream.SPEECH]
 
-    def _labels(self, seg: Segment, ids: list[int]) -> list[int]:
-        if not seg.loss and not (self.text_lm and seg.kind == "text"):
+    def _labels(self, seg: Segment, ids: list[int], whole_text: bool) -> list[int]:
+        if not seg.loss and not (whole_text and seg.kind == "text"):
             return [IGNORE_INDEX] * len(ids)
         if seg.kind == "speech":
             return [self.ids.text_vocab + s for s in ids]
@@ -263,14 +267,14 @@ class SampleEncoder:
 # ----------------------------------------------------------------------------------------------
 
 
-def clip_cue_orders(config: EChatConfig, task: str, kind: OutputType, clips: int) -> list[tuple[int, ...]]:
-    """The cue-frame order of each of ``clips`` clips of a ``task`` sample (the current clip last): the
-    order its answer reports the cues in with ``AdapterConfig.task_ordered_cues``
-    (:func:`echat.tokens.cue_order`), otherwise, and for history clips, CUE_FIELDS order."""
-    canonical = tuple(range(len(CUE_FIELDS)))
+def clip_pack_layouts(config: EChatConfig, task: str, kind: OutputType, clips: int) -> list[tuple[int, ...]]:
+    """The token-pack layout of each of ``clips`` clips of a ``task`` sample (the current clip last): the
+    answer's order with ``AdapterConfig.task_ordered_cues`` (:func:`echat.tokens.pack_layout`), otherwise,
+    and for history clips, the transcript then the cue frames in CUE_FIELDS order."""
+    canonical = (WORDS_BLOCK, *range(len(CUE_FIELDS)))
     if not clips:
         return []
-    current = cue_order(task, kind.thinks) if config.adapter.task_ordered_cues else canonical
+    current = pack_layout(task, kind.thinks) if config.adapter.task_ordered_cues else canonical
     return [canonical] * (clips - 1) + [current]
 
 
@@ -291,10 +295,10 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     for i, clip in enumerate(clips):
         feats[i, : clip.shape[0]] = clip
     lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
-    orders = [o for e in examples for o in e.cue_orders]
-    cue_orders = torch.tensor(orders, dtype=torch.long) if clips and len(orders) == len(clips) else None
+    orders = [o for e in examples for o in e.pack_layouts]
+    pack_layouts = torch.tensor(orders, dtype=torch.long) if clips and len(orders) == len(clips) else None
     return Batch([e.key for e in examples], examples[0].kind, ids, stream, labels, mask, feats, lengths,
-                 [e.txt for e in examples], cue_orders)
+                 [e.txt for e in examples], pack_layouts)
 
 
 def dynamic_batches(examples: Iterable[Example], max_tokens: int, max_frames: int,

@@ -135,7 +135,7 @@ def teacher_forced(model, samples: list[Sample], dictated: bool = False) -> Forc
         clips = None
         if dictated:
             targets = bridge_targets([records[k] for k in batch.keys], model.tokenizer,
-                                     batch.cue_orders).to(model.device)
+                                     batch.pack_layouts).to(model.device)
             clips = dictation_for(model, batch.feat_lengths, targets)
         predicted, target, rows = (t.tolist() for t in model.teacher_forced(batch, clips))
         for row, key in enumerate(batch.keys):
@@ -184,8 +184,8 @@ def dictating(model, record):
     (:func:`echat.train.bridge.dictation_for`) wherever it would read a clip's adapter frames."""
     from echat.train.bridge import bridge_targets, dictation_for
 
-    def dictated(feats, lengths, cue_orders=None):
-        return dictation_for(model, lengths, bridge_targets([record], model.tokenizer, cue_orders).to(model.device))
+    def dictated(feats, lengths, pack_layouts=None):
+        return dictation_for(model, lengths, bridge_targets([record], model.tokenizer, pack_layouts).to(model.device))
 
     model.encode_clips = dictated
     try:

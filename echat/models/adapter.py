@@ -34,9 +34,9 @@ __all__ = [
     "AdapterOutput",
     "AdapterTransformer",
     "CausalConvDownsampler",
+    "arrange_pack",
     "ctc_path",
     "pack_tokens",
-    "place_after",
     "spoken_tokens",
     "wenet_sinusoids",
 ]
@@ -185,12 +185,13 @@ class Adapter(nn.Module):
         return self.downsample.output_lengths(lengths)
 
     def forward(self, x: Tensor, lengths: Tensor, token_table: Tensor | None = None,
-                cue_ids: dict[str, Tensor] | None = None, cue_orders: Tensor | None = None) -> AdapterOutput:
+                cue_ids: dict[str, Tensor] | None = None, pack_layouts: Tensor | None = None) -> AdapterOutput:
         """``x`` (B, T, input_dim), ``lengths`` (B,) → ``AdapterOutput`` (B, T'', output_dim).
         ``token_table`` (V, output_dim): the LLM's input embeddings, needed by the token outputs;
         ``cue_ids``: field -> token ids (labels,) of its label tags in LABEL_SETS order, for cue frames;
-        ``cue_orders`` (B, fields): per clip, the order of its cue frames as indices into CUE_FIELDS
-        (:func:`echat.tokens.cue_order`, see ``AdapterConfig.task_ordered_cues``); None = CUE_FIELDS order."""
+        ``pack_layouts`` (B, fields + 1): per clip, the order of its token pack's blocks: CUE_FIELDS indices
+        for the cue frames, WORDS_BLOCK for the transcript (:func:`echat.tokens.pack_layout`, see
+        ``AdapterConfig.task_ordered_cues``); None = the transcript, then the cue frames in CUE_FIELDS order."""
         if x.dim() != 3 or x.size(-1) != self.input_dim:
             raise ValueError(f"Adapter expects (B, T, {self.input_dim}) frames, got {tuple(x.shape)}")
         batch, frames, _ = x.shape
@@ -212,17 +213,18 @@ class Adapter(nn.Module):
         elif self.output in TOKEN_OUTPUTS:
             y, logits = self._token_mix(y, token_table)
             if self.output == "token_pack":
-                y, cue_logits = self._pack(y, logits, out_lengths, x, lengths, token_table, cue_ids, cue_orders)
+                y, cue_logits = self._pack(y, logits, out_lengths, x, lengths, token_table, cue_ids, pack_layouts)
         if self.output_rms:
             y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
         return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits, cue_logits)
 
     def _pack(self, y: Tensor, logits: Tensor, out_lengths: Tensor, x: Tensor, lengths: Tensor, token_table: Tensor,
-              cue_ids: dict[str, Tensor] | None, cue_orders: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """Token mixes (B, T'', H) -> the packed frames the LLM reads: the greedy CTC path of ``logits`` to the
-        front, then the cue frames (in each clip's ``cue_orders``, when given), each carrying
-        its predecessor with bigram frames, moved to the end of the clip with ``pack_align = "end"``;
-        and the cue logits."""
+              cue_ids: dict[str, Tensor] | None,
+              pack_layouts: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Token mixes (B, T'', H) -> the packed frames the LLM reads: the greedy CTC path of ``logits`` and
+        the cue frames, in each clip's ``pack_layouts`` (default: the path, then the cues in CUE_FIELDS order),
+        each carrying its predecessor with bigram frames, moved to the end of the clip with
+        ``pack_align = "end"``; and the cue logits."""
         ids = logits.argmax(-1)  # (B, T'')
         blank = logits.shape[-1] - 1
         y = pack_tokens(y, ids, out_lengths, blank)
@@ -230,10 +232,9 @@ class Adapter(nn.Module):
         cue_logits = None
         if hasattr(self, "cues"):
             cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids)
-            if cue_orders is not None:
-                frames = frames.gather(1, cue_orders[..., None].expand(-1, -1, frames.shape[-1]))
-            y = place_after(y, frames, spoken, out_lengths)
-            spoken = spoken + frames.shape[1]
+            if pack_layouts is None:
+                pack_layouts = torch.arange(frames.shape[1] + 1, device=y.device).roll(1).expand(y.shape[0], -1)
+            y, spoken = arrange_pack(y, spoken, frames, pack_layouts, out_lengths)
         return self.finish_pack(y, torch.minimum(spoken, out_lengths), out_lengths), cue_logits
 
     def finish_pack(self, frames: Tensor, counts: Tensor, lengths: Tensor) -> Tensor:
@@ -317,17 +318,29 @@ def pack_tokens(frames: Tensor, ids: Tensor, lengths: Tensor, blank: int) -> Ten
     return packed * in_front.unsqueeze(-1).to(frames.dtype)
 
 
-def place_after(frames: Tensor, extra: Tensor, counts: Tensor, lengths: Tensor) -> Tensor:
-    """``frames`` (B, T, H) with ``extra`` (B, K, H) written at positions ``counts .. counts + K - 1`` of
-    each clip (moved back so that they end by the clip's ``lengths`` (B,) when there is no room; what
-    does not fit in a clip shorter than K is dropped). Differentiable in both inputs."""
-    steps, k = frames.shape[1], extra.shape[1]
-    start = torch.minimum(counts, lengths - k).clamp(min=0)  # (B,)
-    where = start[:, None] + torch.arange(k, device=frames.device)[None]  # (B, K)
-    fits = (where < lengths[:, None]).to(frames.dtype)  # (B, K)
-    onehot = F.one_hot(where.clamp(max=steps - 1), steps).to(frames.dtype) * fits[..., None]  # (B, K, T)
-    covered = onehot.sum(1).clamp(max=1).unsqueeze(-1)  # (B, T, 1)
-    return frames * (1 - covered) + onehot.transpose(1, 2) @ extra
+def arrange_pack(words: Tensor, counts: Tensor, cues: Tensor, layouts: Tensor,
+                 lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """The blocks of a token pack in each clip's layout. ``words`` (B, T, H): the transcript's frames packed
+    at the front, ``counts`` (B,) of them; ``cues`` (B, F, H): one frame per cue field in CUE_FIELDS order;
+    ``layouts`` (B, F + 1): the blocks' order (field indices, and F for the transcript); ``lengths`` (B,):
+    valid frames per clip. Returns the frames (B, T, H), blocks laid out from the front and zeros after
+    them, and the number of packed frames (B,). A clip too short for all of them keeps every cue frame and
+    as many words as fit. Differentiable in ``words`` and ``cues``."""
+    batch, steps, size = words.shape
+    fields = cues.shape[1]
+    counts = torch.minimum(counts, (lengths - fields).clamp(min=0))  # (B,)
+    lead = (layouts == fields).int().argmax(1)[:, None]  # (B, 1) cue frames before the transcript
+    order = layouts[layouts != fields].view(batch, fields)  # (B, F) the cue fields in layout order
+    at = torch.arange(steps, device=words.device)[None].expand(batch, -1)  # (B, T)
+    in_words = (at >= lead) & (at < lead + counts[:, None])
+    in_cues = (at < lead) | ((at >= lead + counts[:, None]) & (at < counts[:, None] + fields))
+    cue_slot = torch.where(at < lead, at, at - counts[:, None]).clamp(0, fields - 1)  # (B, T)
+    zero = steps + fields  # index of an all-zero frame in the source below
+    source = torch.where(in_cues, steps + order.gather(1, cue_slot), torch.where(in_words, at - lead, zero))
+    source = torch.where(at < lengths[:, None], source, zero)
+    pool = torch.cat([words, cues, words.new_zeros(batch, 1, size)], dim=1)  # (B, T + F + 1, H)
+    frames = pool.gather(1, source[..., None].expand(-1, -1, size))
+    return frames, torch.minimum(counts + fields, lengths)
 
 
 def _normalise_clips(y: Tensor, mask: Tensor) -> Tensor:

@@ -110,17 +110,17 @@ class EChat(nn.Module):
         return self.speech_head.weight.dtype
 
     # -- embedding -------------------------------------------------------------------------------
-    def encode_clips(self, feats: Tensor, lengths: Tensor, cue_orders: Tensor | None = None) -> AdapterOutput:
+    def encode_clips(self, feats: Tensor, lengths: Tensor, pack_layouts: Tensor | None = None) -> AdapterOutput:
         """Log-mel clips (N, T, n_mels) with lengths (N,) -> adapter frames (N, T'', hidden), padded,
-        with their valid lengths (N,); ``cue_orders`` (N, fields): see :meth:`adapt`."""
-        return self.adapt(self.run_encoder(feats, lengths), cue_orders)
+        with their valid lengths (N,); ``pack_layouts`` (N, fields + 1): see :meth:`adapt`."""
+        return self.adapt(self.run_encoder(feats, lengths), pack_layouts)
 
-    def adapt(self, enc: EncoderOutput, cue_orders: Tensor | None = None) -> AdapterOutput:
+    def adapt(self, enc: EncoderOutput, pack_layouts: Tensor | None = None) -> AdapterOutput:
         """Encoder frames -> the adapter frames the LLM reads (a token-mix adapter mixes the LLM's own
-        input embeddings); ``cue_orders`` (N, fields): each clip's cue-frame order (Batch.cue_orders)."""
+        input embeddings); ``pack_layouts`` (N, fields + 1): each clip's token-pack layout (Batch.pack_layouts)."""
         table = self.llm.get_input_embeddings().weight if self.adapter.output in TOKEN_OUTPUTS else None
         cue_ids = self.cue_token_ids() if self.config.adapter.cue_frames else None
-        return self.adapter(enc.hidden, enc.lengths, table, cue_ids, cue_orders)
+        return self.adapter(enc.hidden, enc.lengths, table, cue_ids, pack_layouts)
 
     def cue_token_ids(self) -> dict[str, Tensor]:
         """field -> the token ids (labels,) of its label tags (LABEL_SETS order), each tag one token of the
@@ -174,7 +174,7 @@ class EChat(nn.Module):
         """Loss of a :class:`~echat.data.pipeline.Batch` (ids/stream/labels/attention_mask: (B, L));
         ``clips`` passes the batch's clips already encoded."""
         if clips is None and batch.feats.shape[0]:
-            clips = self.encode_clips(batch.feats, batch.feat_lengths, batch.cue_orders)
+            clips = self.encode_clips(batch.feats, batch.feat_lengths, batch.pack_layouts)
         h, targets, _ = self._target_states(batch, clips)
         out = self._loss(h, targets, speech_out=batch.kind.speech_out)
         out.audio = clips
@@ -197,7 +197,7 @@ class EChat(nn.Module):
         (predicted (N,), target (N,), row (N,)), in the combined text+speech class space. ``clips``
         replaces what the batch's audio would give."""
         if clips is None and batch.feats.shape[0]:
-            clips = self.encode_clips(batch.feats, batch.feat_lengths, batch.cue_orders)
+            clips = self.encode_clips(batch.feats, batch.feat_lengths, batch.pack_layouts)
         h, targets, rows = self._target_states(batch, clips)
         logits = self.causal_lm.lm_head(h)  # (N, V_text)
         if batch.kind.speech_out:

@@ -30,7 +30,7 @@ from transformers.generation.logits_process import (
 
 from echat.audio import load_audio, log_mel
 from echat.config import GenerationOptions
-from echat.data.pipeline import SampleEncoder, clip_cue_orders
+from echat.data.pipeline import SampleEncoder, clip_pack_layouts
 from echat.models.speech import apply_speech_blocking
 from echat.prompts import Turn, build_layout, default_options, instruction_prompts, parse_reply
 from echat.tokens import S2TCHAT, TEXT2TEXT, TEXT2TOKEN, THINK, OutputType, SpecialIds, output_type
@@ -196,7 +196,7 @@ def stream(model, audio=None, text: str | None = None, task: str | None = None, 
     clips = None
     if feats:
         padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)
-        orders = clip_cue_orders(model.config, task, kind, len(feats))
+        orders = clip_pack_layouts(model.config, task, kind, len(feats))
         clips = model.encode_clips(padded, torch.tensor([f.shape[0] for f in feats], device=device),
                                    torch.tensor(orders, device=device))
     embeds = model.embed(ids[None].to(device), codes[None].to(device), clips=clips)

@@ -34,60 +34,73 @@ from echat.data.schema import Record
 from echat.models.adapter import AdapterOutput, ctc_path
 from echat.models.echat import EChatOutput
 from echat.models.encoder import mean_frame
-from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, asked_fields, canonical_label
+from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, WORDS_BLOCK, asked_fields, canonical_label
 
 SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
 RANDOM = "~random"  # key suffix of a record made by random_words
 RANDOM_TAGS = "~tags"  # key suffix of a record made by random_cues
+TAGGED = "~tagged"  # key suffix of a record made by tagged_words
 # Characters of the encoder's CTC head (the CTC blank is one more class, after these).
 CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
 class BridgeTargets:
-    """Per clip of a batch: transcript token ids (concatenated) with their lengths (N,), and one class
-    index per cue field (N,), ``IGNORE_INDEX`` where unknown."""
+    """Per clip of a batch: its token ids (transcript and cue tags in the clip's pack layout, concatenated)
+    with their lengths (N,), and one class index per cue field (N,), ``IGNORE_INDEX`` where unknown."""
 
     tokens: Tensor
     token_lengths: Tensor
     cues: dict[str, Tensor]
     chars: Tensor | None = None  # transcript characters (indices into CHARS), concatenated
     char_lengths: Tensor | None = None  # (N,)
-    tag_counts: Tensor | None = None  # (N,) cue-tag tokens at the end of each clip's tokens
+    is_tag: Tensor | None = None  # like ``tokens``: True where the token is a cue tag
 
     def to(self, device) -> BridgeTargets:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return BridgeTargets(move(self.tokens), move(self.token_lengths),
                              {k: v.to(device) for k, v in self.cues.items()}, move(self.chars),
-                             move(self.char_lengths), move(self.tag_counts))
+                             move(self.char_lengths), move(self.is_tag))
 
     def words_only(self) -> BridgeTargets:
         """The same targets with each clip's cue tags dropped from its tokens (an adapter with cue frames
         spells only the words; the tags come from its cue classifiers)."""
-        if self.tag_counts is None or not bool(self.tag_counts.any()):
+        if self.is_tag is None or not bool(self.is_tag.any()):
             return self
-        words = self.token_lengths - self.tag_counts  # (N,)
-        starts = torch.cumsum(self.token_lengths, 0) - self.token_lengths
-        keep = torch.cat([torch.arange(int(s), int(s) + int(n)) for s, n in zip(starts, words, strict=True)])
-        return dataclasses.replace(self, tokens=self.tokens[keep.to(self.tokens.device)], token_lengths=words,
-                                   tag_counts=torch.zeros_like(self.tag_counts))
+        clip = torch.repeat_interleave(torch.arange(len(self.token_lengths), device=self.tokens.device),
+                                       self.token_lengths.to(self.tokens.device))  # (tokens,) clip of each
+        words = torch.bincount(clip[~self.is_tag], minlength=len(self.token_lengths))  # (N,)
+        return dataclasses.replace(self, tokens=self.tokens[~self.is_tag], token_lengths=words.to(self.token_lengths),
+                                   is_tag=torch.zeros_like(self.is_tag[~self.is_tag]))
 
 
-def bridge_targets(records: list[Record], tokenizer, cue_orders: Tensor | None = None) -> BridgeTargets | None:
+def bridge_targets(records: list[Record], tokenizer, pack_layouts: Tensor | None = None) -> BridgeTargets | None:
     """Targets for a batch whose rows each hold one clip spoken from ``extra.q_txt``; None otherwise.
-    ``cue_orders`` (N, fields): the order of each clip's cue tags (Batch.cue_orders); None = CUE_FIELDS."""
+    ``pack_layouts`` (N, fields + 1): the order of each clip's transcript and cue tags (Batch.pack_layouts);
+    None = the transcript, then the tags in CUE_FIELDS order."""
     if not records or any(not r.wav or r.history or not r.extra.get("q_txt") for r in records):
         return None
-    orders = cue_orders.tolist() if cue_orders is not None else [None] * len(records)
-    words = [tokenizer(r.extra["q_txt"], add_special_tokens=False)["input_ids"] for r in records]
-    tags = [tokenizer(cue_tags(r, o), add_special_tokens=False)["input_ids"] for r, o in zip(records, orders,
-                                                                                           strict=True)]
-    ids = [w + t for w, t in zip(words, tags, strict=True)]
+    layouts = pack_layouts.tolist() if pack_layouts is not None else [None] * len(records)
+    rows = [_pack_tokens(r, tokenizer, layout) for r, layout in zip(records, layouts, strict=True)]
     cues = {name: torch.tensor([_class_index(name, r.extra.get(key)) for r in records])
             for name, key in CUE_FIELDS.items()}
     chars = [[CHARS.index(c) for c in r.extra["q_txt"].lower() if c in CHARS] for r in records]
-    return BridgeTargets(_flat(ids), torch.tensor([len(row) for row in ids]), cues,
-                         _flat(chars), torch.tensor([len(row) for row in chars]), torch.tensor([len(t) for t in tags]))
+    return BridgeTargets(_flat([ids for ids, _ in rows]), torch.tensor([len(ids) for ids, _ in rows]), cues,
+                         _flat(chars), torch.tensor([len(row) for row in chars]),
+                         torch.tensor([tag for _, tags in rows for tag in tags], dtype=torch.bool))
+
+
+def _pack_tokens(record: Record, tokenizer, layout: list[int] | None) -> tuple[list[int], list[bool]]:
+    """A clip's token ids in its pack ``layout`` (default: the transcript, then CUE_FIELDS order), and
+    which of them are cue tags."""
+    layout = layout if layout is not None else [WORDS_BLOCK, *range(len(CUE_FIELDS))]
+    ids, tags = [], []
+    for block in layout:
+        text = record.extra["q_txt"] if block == WORDS_BLOCK else cue_tags(record, [block])
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        tags += [block != WORDS_BLOCK] * len(piece)
+    return ids, tags
 
 
 def shuffled_words(record: Record, rng: random.Random) -> Record:
@@ -119,6 +132,31 @@ def random_words(record: Record, rng: random.Random, words: list[str]) -> Record
     drawn = " ".join(rng.choice(words) for _ in spoken.split())
     return dataclasses.replace(record, key=f"{record.key}{RANDOM}", txt=drawn + record.txt[len(spoken):],
                                extra={**record.extra, "q_txt": drawn})
+
+
+def tagged_words(record: Record, rng: random.Random, lead: float = 0.3) -> Record:
+    """An ASR record with one to three cue-label tags drawn at random written into its spoken transcript
+    (``extra.q_txt``) and its answer (``txt``), under the key ``<key>~tagged``: each glued to the end of a
+    random word, or with odds ``lead`` to the start of the first; the audio is not touched. Records whose
+    answer is not exactly the transcript come back unchanged.
+
+    Why: dictation copies only what it has copied before. Tags that appear in the copied stream from the
+    first step are copied like words, so that a pack laid out as its answer (:func:`echat.tokens.pack_layout`)
+    is read by copying it: ASR+P tags 0.93-0.97 from exact frames against the guess without (docs/hearing.md
+    E65-E67); a tag at the start of the stream is what an only-P answer copies first."""
+    spoken = record.extra.get("q_txt") or ""
+    if not spoken or record.txt != spoken:
+        return record
+    words = spoken.split()
+    tags = [tag for labels in LABEL_SETS.values() for tag in labels]
+    for _ in range(rng.randint(1, 3)):
+        if rng.random() < lead:
+            words[0] = rng.choice(tags) + words[0]
+        else:
+            at = rng.randrange(len(words))
+            words[at] += rng.choice(tags)
+    tagged = " ".join(words)
+    return dataclasses.replace(record, key=f"{record.key}{TAGGED}", txt=tagged, extra={**record.extra, "q_txt": tagged})
 
 
 def random_cues(record: Record, rng: random.Random) -> Record:
@@ -179,8 +217,8 @@ def corpus_words(records: list[Record]) -> list[str]:
 
 
 def cue_tags(record: Record, order: list[int] | None = None) -> str:
-    """The clip's known cue tags after its transcript in the token targets, in ``order`` (indices into
-    CUE_FIELDS; default CUE_FIELDS order): the frames that spell the words also spell how they were said."""
+    """The clip's known cue tags in ``order`` (indices into CUE_FIELDS; default CUE_FIELDS order): in the
+    token targets the frames that spell the words also spell how they were said."""
     fields = list(CUE_FIELDS.items())
     chosen = [fields[i] for i in order] if order is not None else fields
     return "".join(canonical_label(name, record.extra[key]) for name, key in chosen
@@ -331,7 +369,7 @@ class BridgedModel(nn.Module):
         if self.dictation:
             return self.echat(batch, clips=dictation_for(self.echat, batch.feat_lengths, targets))
         enc = self.echat.run_encoder(batch.feats, batch.feat_lengths)
-        clips = self.echat.adapt(enc, batch.cue_orders)
+        clips = self.echat.adapt(enc, batch.pack_layouts)
         if bridge_only:
             zero = torch.zeros((), device=batch.feats.device)
             out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)

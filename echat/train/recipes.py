@@ -1,12 +1,15 @@
 """Stage recipes as config values: which records, in which mix, which modules train, for how long.
 
 The understanding-driven recipe of the paper, plus a stage 0 for the mini world:
-- ``text`` (mini only): *dictation* — the understanding tasks answered from the transcript's own token
-  embeddings packed at the start of the audio positions (:func:`echat.train.bridge.packed_dictation_clips`;
-  with the mini adapter's bigram frames, each carrying the one before it), optionally a share with the
-  words shuffled or replaced by random corpus words — so that the LLM learns to repeat what it is shown,
-  as a real instruction-tuned LLM can; ASR alone first, then with ASR+P, only-P and language modelling of
-  the corpus text (loss on the whole ChatML text of T2T-shaped records);
+- ``text`` (mini only): *dictation* — the understanding tasks answered from the transcript's and cue
+  tags' own token embeddings packed into the audio positions in the answer's layout
+  (:func:`echat.train.bridge.packed_dictation_clips`, :func:`echat.tokens.pack_layout`; with the mini
+  adapter's bigram frames, each carrying the one before it), optionally a share with the words shuffled or
+  replaced by random corpus words — so that the LLM learns to repeat what it is shown, as a real
+  instruction-tuned LLM can. Random tags are written into half the ASR transcripts (``tagged_dictation``)
+  so that tags are copied as words are, and the tag tasks' labels are drawn at random (``random_tags``) so
+  that only reading predicts them (docs/hearing.md E65-E70); ASR alone first, then with ASR+P, only-P and
+  language modelling of the corpus text (loss on the whole ChatML text of text-only records);
 - ``understanding``: ASR + ASR+P + only-P; the adapter trains, the encoder (Whisper base in the mini
   world) and the LLM stay frozen, as in the paper. It opens with a bridge-only phase: the adapter's token
   CTC over transcript + cue tags, no LLM forward, so that the adapter spells what the LLM learned to
@@ -72,6 +75,9 @@ class StageRecipe:
     # with dictation: the share of records asking for cue tags whose labels are drawn at random
     # (echat.train.bridge.random_cues), so that only reading the tag frames predicts the tags
     random_tags: float = 0.0
+    # with dictation: the share of ASR records with random cue tags written into their transcript
+    # (echat.train.bridge.tagged_words), so that the LLM copies tags as it copies words
+    tagged_dictation: float = 0.0
     epoch_size: int = 512  # records drawn per epoch (then batched)
 
     @property
@@ -125,8 +131,8 @@ DICTATION_MIX = (("text_lm", 1.0), ("asr", 2.0), ("asrp", 1.0), ("only_p", 1.0))
 
 def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
     return (
-        StageRecipe("text", (Phase((("asr", 1.0),), steps(800)), Phase(DICTATION_MIX, steps(200), spread_tags=True)),
-                    _lr(llm=1.0), lr=2e-3, dictation=True, random_tags=1.0),
+        StageRecipe("text", (Phase((("asr", 1.0),), steps(800)), Phase(DICTATION_MIX, steps(200))),
+                    _lr(llm=1.0), lr=2e-3, dictation=True, random_tags=1.0, tagged_dictation=0.5),
         StageRecipe("understanding", (Phase(UNDERSTANDING_MIX, steps(400), bridge_only=True, batch_scale=2.0),
                                       Phase(UNDERSTANDING_MIX, steps(300))),
                     _lr(adapter=1.0), lr=3e-3, bridge=1.0),

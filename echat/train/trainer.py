@@ -47,6 +47,7 @@ from echat.train.bridge import (
     random_words,
     shuffled_words,
     spread_tag_rows,
+    tagged_words,
 )
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import set_trainable
@@ -148,9 +149,10 @@ class Trainer:
     def _drill(self, record, rng: random.Random):
         """``record`` as drawn for a dictation epoch: with the recipe's odds a drill whose words are random
         corpus words (:func:`~echat.train.bridge.random_words`) or its own words shuffled
-        (:func:`~echat.train.bridge.shuffled_words`), and with the odds of ``random_tags`` its cue labels
-        drawn at random (:func:`~echat.train.bridge.random_cues`), registered with the record's audio so that
-        batches and bridge targets find it by its key; otherwise the record itself."""
+        (:func:`~echat.train.bridge.shuffled_words`), with the odds of ``random_tags`` its cue labels
+        drawn at random (:func:`~echat.train.bridge.random_cues`) and with the odds of ``tagged_dictation``
+        random tags written into an ASR transcript (:func:`~echat.train.bridge.tagged_words`), registered with
+        the record's audio so that batches and bridge targets find it by its key; otherwise the record itself."""
         drill = record
         draw = rng.random() if record.wav else 1.0
         if draw < self.recipe.random_dictation:
@@ -159,6 +161,8 @@ class Trainer:
             drill = shuffled_words(record, rng)
         if record.wav and self.recipe.random_tags and rng.random() < self.recipe.random_tags:
             drill = random_cues(drill, rng)
+        if record.wav and self.recipe.tagged_dictation and rng.random() < self.recipe.tagged_dictation:
+            drill = tagged_words(drill, rng)
         if drill is record:
             return record
         base = self.audio[record.key]
@@ -170,7 +174,8 @@ class Trainer:
         phase = self.recipe.phases[phase_index]
         rng = random.Random(self.config.train.seed * 7919 + epoch)
         records = mix_records(self.pool.by_family, phase, self.recipe.epoch_size, rng)
-        if self.recipe.shuffled_dictation or self.recipe.random_dictation or self.recipe.random_tags:
+        if (self.recipe.shuffled_dictation or self.recipe.random_dictation or self.recipe.random_tags
+                or self.recipe.tagged_dictation):
             records = [self._drill(r, rng) for r in records]
         batches = list(self.pipeline.batches(self._samples(records), epoch, phase.batch_scale))
         world, rank = self.acc.num_processes, self.acc.process_index
@@ -264,7 +269,7 @@ class Trainer:
             return ()
         if not batch.feats.shape[0]:  # text-only rows (stage 0's language modelling): nothing to bridge
             return None, False
-        targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer, batch.cue_orders)
+        targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer, batch.pack_layouts)
         bridge_only = self.recipe.phases[self.state.phase].bridge_only
         return targets.to(self.acc.device) if targets is not None else None, bridge_only
 

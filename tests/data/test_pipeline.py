@@ -53,6 +53,16 @@ def test_every_fixture_task_encodes_with_audio_at_the_adapter_rate(samples, conf
             OutputType.T2T, OutputType.S2S_HISTORY} <= kinds
 
 
+def test_text_lm_targets_every_text_position_of_text_only_samples_alone(samples, config, mini_tok):
+    plain, lm = SampleEncoder(config, mini_tok), SampleEncoder(config, mini_tok, text_lm=True)
+    t2t = _by_task(samples, OutputType.T2T)
+    ex, whole = plain.encode(t2t, random.Random(0)), lm.encode(t2t, random.Random(0))
+    assert int((whole.labels != IGNORE_INDEX).sum()) > int((ex.labels != IGNORE_INDEX).sum())
+    assert (whole.labels[whole.stream == Stream.TEXT] != IGNORE_INDEX).all()  # plain language modelling
+    heard = _by_task(samples, OutputType.TEXT)  # with audio: the answer stays the only target
+    assert torch.equal(lm.encode(heard, random.Random(0)).labels, plain.encode(heard, random.Random(0)).labels)
+
+
 def test_audio_clips_are_framed_by_the_speech_bos_and_eos(samples, config, mini_tok):
     encoder = SampleEncoder(config, mini_tok)
     ex = encoder.encode(_by_task(samples, OutputType.TEXT), random.Random(0))

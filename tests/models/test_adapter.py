@@ -152,15 +152,19 @@ def test_a_token_pack_adapter_reads_the_blank_as_nothing_and_keeps_gradients():
     assert adapter.proj.weight.grad is not None and table.grad is not None
 
 
-def test_place_after_writes_frames_after_the_count_and_within_the_clip():
-    from echat.models.adapter import place_after
+def test_arrange_pack_lays_the_blocks_out_in_each_clips_layout():
+    from echat.models.adapter import arrange_pack
 
-    frames = torch.ones(3, 6, 2)  # (B, T, H)
-    extra = torch.tensor([[[7.0, 7.0], [8.0, 8.0]]]).repeat(3, 1, 1)  # (B, K=2, H)
-    placed = place_after(frames, extra, counts=torch.tensor([1, 5, 0]), lengths=torch.tensor([6, 6, 1]))
-    assert placed[0, :, 0].tolist() == [1, 7, 8, 1, 1, 1]
-    assert placed[1, :, 0].tolist() == [1, 1, 1, 1, 7, 8]  # no room after 5 tokens: moved back to end by 6
-    assert placed[2, :, 0].tolist() == [7, 1, 1, 1, 1, 1]  # a 1-frame clip keeps the first cue frame only
+    words = torch.zeros(4, 7, 1)  # (B, T, H): words 1, 2, 3 packed at the front of every clip
+    words[:, :3, 0] = torch.tensor([1.0, 2.0, 3.0])
+    cues = torch.tensor([7.0, 8.0])[None, :, None].repeat(4, 1, 1)  # (B, F=2, H): field 0 -> 7, field 1 -> 8
+    layouts = torch.tensor([[2, 0, 1], [1, 2, 0], [0, 1, 2], [2, 0, 1]])  # 2 = the transcript
+    frames, counts = arrange_pack(words, torch.tensor([3, 3, 3, 3]), cues, layouts, torch.tensor([7, 7, 7, 4]))
+    assert frames[0, :, 0].tolist() == [1, 2, 3, 7, 8, 0, 0]  # the transcript, then the cues
+    assert frames[1, :, 0].tolist() == [8, 1, 2, 3, 7, 0, 0]  # field 1 leads, the rest after the words
+    assert frames[2, :, 0].tolist() == [7, 8, 1, 2, 3, 0, 0]
+    assert frames[3, :, 0].tolist() == [1, 2, 7, 8, 0, 0, 0]  # 4 frames: every cue, the words that fit
+    assert counts.tolist() == [5, 5, 5, 4]
 
 
 def test_cue_frames_follow_the_spoken_tokens_and_mix_each_fields_label_tags():
@@ -226,24 +230,26 @@ def _cue_ids() -> dict[str, torch.Tensor]:
     return out
 
 
-def test_cue_orders_lay_the_cue_frames_out_per_clip():
+def test_pack_layouts_lay_the_cue_frames_out_per_clip():
     import dataclasses
 
-    from echat.tokens import CUE_FIELDS
+    from echat.tokens import CUE_FIELDS, WORDS_BLOCK
 
     cfg = dataclasses.replace(TINY, output="token_pack", cue_frames=True)
     adapter = _adapter(cfg).eval()
     table, cue_ids = torch.randn(40, 40), _cue_ids()
     x, lengths = torch.randn(2, 60, 24), torch.tensor([60, 60])
     plain = adapter(x, lengths, table, cue_ids)
-    orders = torch.tensor([[0, 1, 2, 3], [3, 2, 0, 1]])
-    ordered = adapter(x, lengths, table, cue_ids, orders)
-    assert torch.equal(ordered.embeddings[0], plain.embeddings[0])  # CUE_FIELDS order: nothing moves
+    layouts = torch.tensor([[WORDS_BLOCK, 0, 1, 2, 3], [3, WORDS_BLOCK, 2, 0, 1]])
+    laid = adapter(x, lengths, table, cue_ids, layouts)
+    assert torch.equal(laid.embeddings[0], plain.embeddings[0])  # the default layout: nothing moves
     ids = plain.token_logits.argmax(-1)[1, :int(plain.lengths[1])].tolist()
     spoken = len([i for t, i in enumerate(ids) if i != 40 and (t == 0 or i != ids[t - 1])])
-    first = min(spoken, int(plain.lengths[1]) - len(CUE_FIELDS))
-    cues = plain.embeddings[1, first:first + 4]
-    assert torch.allclose(ordered.embeddings[1, first:first + 4], cues[[3, 2, 0, 1]])
+    words = min(spoken, int(plain.lengths[1]) - len(CUE_FIELDS))
+    cues = plain.embeddings[1, words:words + 4]  # CUE_FIELDS order
+    assert torch.allclose(laid.embeddings[1, 0], cues[3])  # the event frame leads
+    assert torch.allclose(laid.embeddings[1, 1:1 + words], plain.embeddings[1, :words])
+    assert torch.allclose(laid.embeddings[1, 1 + words:4 + words], cues[[2, 0, 1]])
 
 
 def test_align_end_moves_the_tokens_to_the_end_of_each_clip():

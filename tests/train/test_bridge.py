@@ -42,7 +42,7 @@ def test_words_only_targets_drop_each_clips_cue_tags(asr_samples):
     assert words.token_lengths.tolist() == [len(row) for row in expected]
     assert words.tokens.tolist() == [i for row in expected for i in row]
     tags = [len(model.tokenizer(cue_tags(r), add_special_tokens=False)["input_ids"]) for r in records]
-    assert targets.tag_counts.tolist() == tags and all(n == 4 for n in tags)  # one token per cue tag
+    assert int(targets.is_tag.sum()) == sum(tags) and all(n == 4 for n in tags)  # one token per cue tag
     logits = {name: torch.zeros(3, len(LABEL_SETS[name])) for name in targets.cues}
     logits["gender"][torch.arange(3), targets.cues["gender"]] = 20.0  # a sure, right gender classifier
     losses = cue_frame_losses(logits, targets)
@@ -194,6 +194,30 @@ def test_shuffled_words_reorder_the_transcript_in_the_answer_and_the_targets(asr
     assert shuffled_words(only_p, random.Random(0)) is only_p
 
 
+def test_tagged_words_write_random_tags_into_an_asr_transcript(asr_samples):
+    import random
+
+    from echat.train.bridge import TAGGED, tagged_words
+
+    model, samples = asr_samples
+    asr = next(s.record for s in samples if family(s.record) == "asr")
+    tags = {tag for labels in LABEL_SETS.values() for tag in labels}
+    rng = random.Random(0)
+    drills = [tagged_words(asr, rng) for _ in range(30)]
+    for drill in drills:
+        assert drill.key == asr.key + TAGGED and drill.wav == asr.wav and drill.txt == drill.extra["q_txt"]
+        ids = model.tokenizer(drill.txt, add_special_tokens=False)["input_ids"]
+        written = [t for t in model.tokenizer.convert_ids_to_tokens(ids) if t in tags]  # one token per tag
+        assert 1 <= len(written) <= 3
+        plain = drill.txt
+        for tag in written:
+            plain = plain.replace(tag, "", 1)
+        assert plain == asr.txt  # the words are untouched
+    assert any(d.txt.startswith("<") for d in drills)  # sometimes a tag leads the transcript
+    asrp = next(s.record for s in samples if family(s.record) == "asrp")
+    assert tagged_words(asrp, rng) is asrp  # only an answer that is the transcript alone
+
+
 def test_random_cues_redraw_the_labels_and_the_tags_the_answer_reports(asr_samples):
     import random
 
@@ -218,16 +242,19 @@ def test_random_cues_redraw_the_labels_and_the_tags_the_answer_reports(asr_sampl
     assert random_cues(plain, rng) is plain  # ASR asks for no cue
 
 
-def test_bridge_targets_follow_each_clips_cue_order(asr_samples):
+def test_bridge_targets_follow_each_clips_pack_layout(asr_samples):
+    from echat.tokens import WORDS_BLOCK
     from echat.train.bridge import cue_tags
 
     model, samples = asr_samples
     record = samples[0].record
-    order = torch.tensor([[3, 2, 1, 0]])
-    targets = bridge_targets([record], model.tokenizer, order)
-    tags = targets.tokens[-4:].tolist()
-    canonical = model.tokenizer(cue_tags(record), add_special_tokens=False)["input_ids"]
-    assert tags == canonical[::-1]
+    words = model.tokenizer(record.extra["q_txt"], add_special_tokens=False)["input_ids"]
+    canonical = model.tokenizer(cue_tags(record), add_special_tokens=False)["input_ids"]  # CUE_FIELDS order
+    targets = bridge_targets([record], model.tokenizer, torch.tensor([[3, 2, WORDS_BLOCK, 1, 0]]))
+    assert targets.tokens.tolist() == canonical[3:1:-1] + words + canonical[1::-1]
+    assert targets.is_tag.tolist() == [True] * 2 + [False] * len(words) + [True] * 2
+    spelled = targets.words_only()
+    assert spelled.tokens.tolist() == words and spelled.token_lengths.tolist() == [len(words)]
 
 
 def test_spread_tag_rows_makes_the_tags_distinct_inside_the_word_span(smoke_corpus):

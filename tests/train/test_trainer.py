@@ -153,3 +153,19 @@ def test_a_spread_tags_phase_sets_the_tag_rows_apart_once_at_its_start(smoke_cor
     assert calls == [2]  # once, before the first step of the second phase
     drilled = [k for k in trainer.audio if k.endswith("~tags")]
     assert drilled  # the ASR+P and only-P records of the tag phase had their labels redrawn
+
+
+def test_tagged_dictation_writes_tags_into_asr_transcripts_only(smoke_corpus, tmp_path):
+    import dataclasses
+
+    from echat.train.bridge import TAGGED
+
+    model = _model("smoke", smoke_corpus, None)
+    samples = load_split(smoke_corpus, "train", model.config)
+    recipe = dataclasses.replace(stage("smoke", "text"), tagged_dictation=1.0, random_tags=0.0)
+    trainer = Trainer(model, recipe, samples, tmp_path / "run", progress=False, eval_every=0, save_every=0)
+    drawn = [r for phase in range(len(recipe.phases)) for b in trainer.epoch_batches(0, phase) for r in b.keys]
+    tagged = [k for k in drawn if k.endswith(TAGGED)]
+    assert tagged and all(trainer.audio[k].record.task == "<TRANSCRIBE>" for k in tagged)
+    assert all(k.endswith(TAGGED) for k in drawn if trainer.audio.get(k) and
+               trainer.audio[k].record.task == "<TRANSCRIBE>" and trainer.audio[k].record.wav)
