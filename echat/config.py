@@ -94,7 +94,7 @@ class AdapterConfig:
     # measured in docs/hearing.md (E55-E58, E65-E67).
     task_ordered_cues: bool = False
     # With "token_pack": where the packed frames sit in their clip: "start" (zeros after them) or "end"
-    # (zeros before them), which puts the last cue frame at a fixed distance from the answer (E56-E58).
+    # (zeros before them), which puts the last packed frame at a fixed distance from the answer (E56-E58).
     pack_align: Literal["start", "end"] = "start"
 
     @property

@@ -172,6 +172,10 @@ def asked_fields(task: str, thinks: bool = False) -> tuple[str, ...]:
 
 # In a pack layout (:func:`pack_layout`), the block of the transcript's tokens (cue fields are 0..3).
 WORDS_BLOCK = len(CUE_FIELDS)
+# The task-agnostic layout: the transcript, then the cue frames in CUE_FIELDS order.
+PLAIN_PACK_LAYOUT = (WORDS_BLOCK, *range(len(CUE_FIELDS)))
+# Every cue-label tag of the four fields (LABEL_SETS order).
+CUE_LABEL_TAGS = tuple(tag for labels in LABEL_SETS.values() for tag in labels)
 
 
 def pack_layout(task: str, thinks: bool = False) -> tuple[int, ...]:

@@ -35,7 +35,7 @@ from echat.prompts import (
     effective_output_type,
     instruction_prompts,
 )
-from echat.tokens import CUE_FIELDS, IGNORE_INDEX, WORDS_BLOCK, OutputType, SpecialIds, Stream, pack_layout
+from echat.tokens import IGNORE_INDEX, PLAIN_PACK_LAYOUT, OutputType, SpecialIds, Stream, pack_layout
 
 
 @dataclass
@@ -215,8 +215,8 @@ class SampleEncoder:
         if augment is not None:
             feats = [spec_augment(f, self.config, augment) for f in feats]
         ids, stream, labels = self.sequence(segments, feats)
-        orders = clip_pack_layouts(self.config, sample.record.task, kind, len(feats))
-        return Example(sample.record.key, kind, ids, stream, labels, feats, sample.record.txt, orders)
+        layouts = clip_pack_layouts(self.config, sample.record.task, kind, len(feats))
+        return Example(sample.record.key, kind, ids, stream, labels, feats, sample.record.txt, layouts)
 
     def features(self, clip: np.ndarray) -> torch.Tensor:
         """Log-mel (T, n_mels) of a clip, computed once per clip array (epochs reuse it)."""
@@ -271,11 +271,10 @@ def clip_pack_layouts(config: EChatConfig, task: str, kind: OutputType, clips: i
     """The token-pack layout of each of ``clips`` clips of a ``task`` sample (the current clip last): the
     answer's order with ``AdapterConfig.task_ordered_cues`` (:func:`echat.tokens.pack_layout`), otherwise,
     and for history clips, the transcript then the cue frames in CUE_FIELDS order."""
-    canonical = (WORDS_BLOCK, *range(len(CUE_FIELDS)))
     if not clips:
         return []
-    current = pack_layout(task, kind.thinks) if config.adapter.task_ordered_cues else canonical
-    return [canonical] * (clips - 1) + [current]
+    current = pack_layout(task, kind.thinks) if config.adapter.task_ordered_cues else PLAIN_PACK_LAYOUT
+    return [PLAIN_PACK_LAYOUT] * (clips - 1) + [current]
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -295,8 +294,8 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     for i, clip in enumerate(clips):
         feats[i, : clip.shape[0]] = clip
     lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
-    orders = [o for e in examples for o in e.pack_layouts]
-    pack_layouts = torch.tensor(orders, dtype=torch.long) if clips and len(orders) == len(clips) else None
+    layouts = [layout for e in examples for layout in e.pack_layouts]
+    pack_layouts = torch.tensor(layouts, dtype=torch.long) if clips and len(layouts) == len(clips) else None
     return Batch([e.key for e in examples], examples[0].kind, ids, stream, labels, mask, feats, lengths,
                  [e.txt for e in examples], pack_layouts)
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from echat.config import AdapterConfig
 from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, mean_frame, valid_mask
-from echat.tokens import CUE_FIELDS, LABEL_SETS
+from echat.tokens import CUE_FIELDS, LABEL_SETS, PLAIN_PACK_LAYOUT
 
 __all__ = [
     "TOKEN_OUTPUTS",
@@ -233,7 +233,7 @@ class Adapter(nn.Module):
         if hasattr(self, "cues"):
             cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids)
             if pack_layouts is None:
-                pack_layouts = torch.arange(frames.shape[1] + 1, device=y.device).roll(1).expand(y.shape[0], -1)
+                pack_layouts = torch.tensor(PLAIN_PACK_LAYOUT, device=y.device).expand(y.shape[0], -1)
             y, spoken = arrange_pack(y, spoken, frames, pack_layouts, out_lengths)
         return self.finish_pack(y, torch.minimum(spoken, out_lengths), out_lengths), cue_logits
 

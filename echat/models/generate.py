@@ -196,9 +196,9 @@ def stream(model, audio=None, text: str | None = None, task: str | None = None, 
     clips = None
     if feats:
         padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)
-        orders = clip_pack_layouts(model.config, task, kind, len(feats))
+        layouts = clip_pack_layouts(model.config, task, kind, len(feats))
         clips = model.encode_clips(padded, torch.tensor([f.shape[0] for f in feats], device=device),
-                                   torch.tensor(orders, device=device))
+                                   torch.tensor(layouts, device=device))
     embeds = model.embed(ids[None].to(device), codes[None].to(device), clips=clips)
     decoder = _Decoder(model, embeds, options.use_cache)
     gen = torch.Generator().manual_seed(options.seed) if options.seed is not None else None

@@ -34,7 +34,16 @@ from echat.data.schema import Record
 from echat.models.adapter import AdapterOutput, ctc_path
 from echat.models.echat import EChatOutput
 from echat.models.encoder import mean_frame
-from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, WORDS_BLOCK, asked_fields, canonical_label
+from echat.tokens import (
+    CUE_FIELDS,
+    CUE_LABEL_TAGS,
+    IGNORE_INDEX,
+    LABEL_SETS,
+    PLAIN_PACK_LAYOUT,
+    WORDS_BLOCK,
+    asked_fields,
+    canonical_label,
+)
 
 SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
 RANDOM = "~random"  # key suffix of a record made by random_words
@@ -93,9 +102,8 @@ def bridge_targets(records: list[Record], tokenizer, pack_layouts: Tensor | None
 def _pack_tokens(record: Record, tokenizer, layout: list[int] | None) -> tuple[list[int], list[bool]]:
     """A clip's token ids in its pack ``layout`` (default: the transcript, then CUE_FIELDS order), and
     which of them are cue tags."""
-    layout = layout if layout is not None else [WORDS_BLOCK, *range(len(CUE_FIELDS))]
     ids, tags = [], []
-    for block in layout:
+    for block in layout if layout is not None else PLAIN_PACK_LAYOUT:
         text = record.extra["q_txt"] if block == WORDS_BLOCK else cue_tags(record, [block])
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
@@ -148,13 +156,12 @@ def tagged_words(record: Record, rng: random.Random, lead: float = 0.3) -> Recor
     if not spoken or record.txt != spoken:
         return record
     words = spoken.split()
-    tags = [tag for labels in LABEL_SETS.values() for tag in labels]
     for _ in range(rng.randint(1, 3)):
         if rng.random() < lead:
-            words[0] = rng.choice(tags) + words[0]
+            words[0] = rng.choice(CUE_LABEL_TAGS) + words[0]
         else:
             at = rng.randrange(len(words))
-            words[at] += rng.choice(tags)
+            words[at] += rng.choice(CUE_LABEL_TAGS)
     tagged = " ".join(words)
     return dataclasses.replace(record, key=f"{record.key}{TAGGED}", txt=tagged, extra={**record.extra, "q_txt": tagged})
 
