@@ -83,6 +83,10 @@ class AdapterConfig:
     # emotion, event), each a mix of that field's label-tag embeddings weighted by a classifier on the
     # clip's mean encoder frame, so that the LLM reads how it was said in the tags it answers with.
     cue_frames: bool = False
+    # With "token_pack": each packed frame is the embedding of the token (or cue tag) the adapter chose
+    # (straight-through: the softmax's gradient), not the softmax-weighted mix, so the LLM reads the
+    # adapter's choice exactly as it read dictation in stage 0 (docs/hearing.md §13).
+    hard_pack: bool = False
     # With "token_pack": each packed frame also carries the frame before it, turned by a fixed random
     # rotation (the first one a fixed start direction), so that "find the frame that follows the token
     # I just wrote" is one attention lookup for the LLM instead of a two-layer induction circuit.
@@ -322,13 +326,13 @@ def mini() -> EChatConfig:
         encoder=whisper_base_encoder(),
         adapter=AdapterConfig(d_model=192, n_layers=2, n_heads=4, ffn_dim=512, max_positions=400,
                               output="token_pack", cue_frames=True, bigram_frames=True,
-                              task_ordered_cues=True, pack_align="end"),
+                              task_ordered_cues=True, pack_align="end", hard_pack=True),
         llm=LLMConfig(
             hidden_size=256, intermediate_size=1024, n_layers=4, n_heads=4, n_kv_heads=2,
-            vocab_size=640, rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=1024,
+            vocab_size=2112, rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=1024,
         ),
         speech=SpeechConfig(codebook_size=512, tokenizer="mini-kmeans"),
-        text=TextConfig(tokenizer="mini-bpe", bpe_vocab_size=512, prompt_set="mini"),
+        text=TextConfig(tokenizer="mini-bpe", bpe_vocab_size=2048, prompt_set="mini"),
         train=TrainConfig(
             lr=1e-3, warmup_steps=100, scheduler="constant", accum_steps=1,
             max_frames_in_batch=3_000, max_tokens_in_batch=1_536, max_seq_len=1024, seed=0,
@@ -345,7 +349,7 @@ def smoke() -> EChatConfig:
     cfg.adapter = AdapterConfig(d_model=32, n_layers=1, n_heads=2, ffn_dim=64, max_positions=400)
     cfg.llm = LLMConfig(
         hidden_size=32, intermediate_size=64, n_layers=1, n_heads=2, n_kv_heads=1,
-        vocab_size=640, rope_theta=10_000.0, max_position_embeddings=1024,
+        vocab_size=cfg.llm.vocab_size, rope_theta=10_000.0, max_position_embeddings=1024,
     )
     cfg.speech = SpeechConfig(codebook_size=64, tokenizer="mini-kmeans")
     cfg.train.warmup_steps = 2

@@ -12,8 +12,8 @@ through the CLI. The ceiling ladder passes every rung on this model and shows th
 the guess when the clips are silenced; the only-P link is reported per cue field beside its guess, and the tag-row
 cosine of a field reads near 1 once its tags share one embedding direction. The cue tags: stage 0 with the
 tag tasks (labels drawn at random, random tags written into ASR transcripts) makes the LLM read every
-field's tag from exact frames; without the tagged transcripts every field stays at its guess (docs/hearing.md
-E65-E68).
+field's tag from exact frames; without the tagged transcripts emotion and event stay at their guess
+(docs/hearing.md E65-E68; with words as tokens gender and age are read even so, §13).
 """
 
 import dataclasses
@@ -53,7 +53,7 @@ def hearing_config():
     mini = preset("mini").adapter
     config.adapter = dataclasses.replace(config.adapter, output=mini.output, cue_frames=mini.cue_frames,
                                          bigram_frames=mini.bigram_frames, task_ordered_cues=mini.task_ordered_cues,
-                                         pack_align=mini.pack_align)
+                                         pack_align=mini.pack_align, hard_pack=mini.hard_pack)
     config.llm.hidden_size, config.llm.intermediate_size, config.llm.n_layers = 64, 128, 2
     return config
 
@@ -225,10 +225,10 @@ def test_the_llm_reads_every_cue_tag_it_is_shown(smoke_corpus, tmp_path):
     row = tag_reader(smoke_corpus, tmp_path, 0.5)
     reading = {field: row[f"dictation_only_p_{field}"] for field in ONLY_P_FIELD_TASKS}
     assert sum(reading.values()) / len(reading) >= 0.8, reading  # labels drawn at random: this is reading
-    assert sum(value >= 0.9 for value in reading.values()) >= 3, reading
+    assert min(reading.values()) >= 0.6, reading  # every field, emotion and event included
 
 
-def test_without_tags_in_the_copied_stream_the_tags_stay_at_the_guess(smoke_corpus, tmp_path):
+def test_without_tags_in_the_copied_stream_emotion_and_event_stay_at_the_guess(smoke_corpus, tmp_path):
     row = tag_reader(smoke_corpus, tmp_path, 0.0)
-    reading = [row[f"dictation_only_p_{field}"] for field in ONLY_P_FIELD_TASKS]
-    assert sum(reading) / len(reading) < 0.5, row
+    for field in ("emotion", "event"):  # gender and age are read even so, since each word is one token
+        assert row[f"dictation_only_p_{field}"] <= row[f"only_p_{field}_guess"] + 0.1, row

@@ -13,10 +13,11 @@ def meta_model(config) -> EChat:
 
 
 def test_parameter_counts_add_up_and_count_the_tied_head_once():
-    model = meta_model(preset("smoke"))
+    config = preset("smoke")
+    model = meta_model(config)
     counts = nb.parameter_counts(model)
     assert counts["LLM: text head"] == 0  # tied: the head is the text embedding
-    assert counts["LLM: text embedding"] == 640 * 32
+    assert counts["LLM: text embedding"] == config.llm.vocab_size * config.llm.hidden_size
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
     assert "other" not in counts
 
@@ -27,7 +28,7 @@ def test_untied_head_and_stray_parameters_are_counted():
     model = meta_model(config)
     model.extra = torch.nn.Parameter(torch.zeros(7, device="meta"))
     counts = nb.parameter_counts(model)
-    assert counts["LLM: text head"] == 640 * 32
+    assert counts["LLM: text head"] == config.llm.vocab_size * config.llm.hidden_size
     assert counts["other"] == 7
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
 

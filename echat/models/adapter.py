@@ -152,6 +152,7 @@ class Adapter(nn.Module):
         self.proj = nn.Linear(cfg.d_model, output_dim)
         self.output_rms = cfg.output_rms
         self.output = cfg.output
+        self.hard_pack = cfg.hard_pack and cfg.output == "token_pack"
         if cfg.output in TOKEN_OUTPUTS:
             self.blank = nn.Parameter(torch.zeros(output_dim))  # what the LLM reads where no token is spoken
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # softmax sharpness (learned)
@@ -266,7 +267,7 @@ class Adapter(nn.Module):
             raise ValueError("an adapter with cue frames needs the token ids of the cue label tags")
         pooled = self.cue_trunk(mean_frame(x, lengths))  # (B, D)
         logits = {name: head(pooled) for name, head in self.cues.items()}
-        frames = torch.stack([logits[name].softmax(-1) @ token_table[cue_ids[name]] for name in self.cues], 1)
+        frames = torch.stack([self._weights(logits[name]) @ token_table[cue_ids[name]] for name in self.cues], 1)
         return logits, frames  # frames: (B, fields, H)
 
     def _token_mix(self, y: Tensor, token_table: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -279,7 +280,16 @@ class Adapter(nn.Module):
         logits = cosine * self.log_scale.exp()
         if self.output == "token_pack":  # the blank is scored, but the LLM reads it as nothing (zeros)
             table = torch.cat([token_table, torch.zeros_like(self.blank)[None]], dim=0)
-        return logits.softmax(-1) @ table, logits
+        return self._weights(logits) @ table, logits
+
+    def _weights(self, logits: Tensor) -> Tensor:
+        """Mixing weights (..., K) of ``logits`` (..., K): the softmax, or with ``hard_pack`` the one-hot of
+        its argmax carrying the softmax's gradient (straight-through)."""
+        weights = logits.softmax(-1)
+        if not self.hard_pack:
+            return weights
+        chosen = F.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
+        return chosen + weights - weights.detach()
 
 
 def ctc_path(ids: list[int], blank: int) -> list[int]:

@@ -105,7 +105,7 @@ class Trainer:
     """Runs one :class:`StageRecipe` on a model and a list of training samples."""
 
     def __init__(self, model, recipe: StageRecipe, samples: list[Sample], out: str | Path,
-                 dev: list[Sample] | None = None, eval_every: int = 100, save_every: int = 200, keep: int = 2,
+                 dev: list[Sample] | None = None, eval_every: int = 250, save_every: int = 200, keep: int = 2,
                  accelerator: Accelerator | None = None, progress: bool = True,
                  encoder_cache: EncoderCache | None = None):
         self.model, self.recipe, self.out = model, recipe, Path(out)

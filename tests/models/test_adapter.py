@@ -152,6 +152,27 @@ def test_a_token_pack_adapter_reads_the_blank_as_nothing_and_keeps_gradients():
     assert adapter.proj.weight.grad is not None and table.grad is not None
 
 
+def test_a_hard_pack_gives_the_llm_the_chosen_rows_and_the_softmax_its_gradient():
+    import dataclasses
+
+    from echat.models.adapter import ctc_path
+    from echat.tokens import CUE_FIELDS, LABEL_SETS
+
+    cfg = dataclasses.replace(TINY, output="token_pack", cue_frames=True, hard_pack=True)
+    adapter = _adapter(cfg).train()
+    table = torch.randn(40, 40)  # (V, output_dim); the blank is id 40
+    cue_ids = {name: torch.arange(len(LABEL_SETS[name])) + 20 for name in CUE_FIELDS}
+    out = adapter(torch.randn(1, 60, 24), torch.tensor([60]), table, cue_ids)
+    length = int(out.lengths[0])
+    path = ctc_path(out.token_logits.argmax(-1)[0, :length].tolist(), blank=40)
+    words = min(len(path), length - len(CUE_FIELDS))  # the pack: the spoken tokens, then one frame per field
+    chosen = [table[i] for i in path[:words]]
+    chosen += [table[cue_ids[name][int(out.cue_logits[name][0].argmax())]] for name in CUE_FIELDS]
+    assert torch.allclose(out.embeddings[0, :len(chosen)], torch.stack(chosen), atol=1e-5)
+    out.embeddings.sum().backward()
+    assert adapter.proj.weight.grad.abs().sum() > 0 and adapter.cue_trunk[0].weight.grad.abs().sum() > 0
+
+
 def test_arrange_pack_lays_the_blocks_out_in_each_clips_layout():
     from echat.models.adapter import arrange_pack
 
