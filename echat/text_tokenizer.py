@@ -8,9 +8,10 @@ Both are ``transformers.PreTrainedTokenizerFast`` objects that speak ChatML: ``<
 Vocabulary sizes: the LLM's embedding has ``config.llm.vocab_size`` rows, which must be at least
 ``len(tokenizer)``; rows past the tokenizer are never produced by it. Qwen2.5 has 151,665 tokens for
 151,936 rows; the mini tokenizer learns up to ``config.text.bpe_vocab_size`` (2048) entries, plus ``&&``
-and the 27 label tags, for 2112 rows. On EChat-mini its merges run out at about 1500 entries, when every
-word of the corpus is one token, as Qwen2.5 spells common English words: with 512 entries words split
-into letter-like pieces that the LLM's copying loses its place in (docs/hearing.md §13).
+and the label tags (:data:`~echat.tokens.MINI_LABEL_TAGS`), within the mini LLM's 2112 rows. On
+EChat-mini its merges run out at about 1500 entries, when every word of the corpus is one token, as
+Qwen2.5 spells common English words: with 512 entries words split into letter-like pieces that the
+LLM's copying loses its place in (docs/hearing.md §13).
 
 Public API: :func:`build_mini_tokenizer`, :func:`save_tokenizer`, :func:`load_tokenizer`,
 :func:`qwen_tokenizer` and :func:`load_text_tokenizer` (dispatch on an :class:`EChatConfig`).

@@ -50,10 +50,10 @@ def hearing_config():
     token pack with its cue and bigram frames), with an LLM big enough to hold 16 sentences."""
     config = preset("smoke")
     config.encoder = whisper_base_encoder()
-    mini = preset("mini").adapter
-    config.adapter = dataclasses.replace(config.adapter, output=mini.output, cue_frames=mini.cue_frames,
-                                         bigram_frames=mini.bigram_frames, task_ordered_cues=mini.task_ordered_cues,
-                                         pack_align=mini.pack_align, hard_pack=mini.hard_pack)
+    small = config.adapter  # every option of the mini adapter, at the smoke adapter's size
+    config.adapter = dataclasses.replace(preset("mini").adapter, d_model=small.d_model, n_layers=small.n_layers,
+                                         n_heads=small.n_heads, ffn_dim=small.ffn_dim,
+                                         max_positions=small.max_positions)
     config.llm.hidden_size, config.llm.intermediate_size, config.llm.n_layers = 64, 128, 2
     return config
 

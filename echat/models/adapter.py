@@ -152,12 +152,13 @@ class Adapter(nn.Module):
         self.proj = nn.Linear(cfg.d_model, output_dim)
         self.output_rms = cfg.output_rms
         self.output = cfg.output
-        self.hard_pack = cfg.hard_pack and cfg.output == "token_pack"
+        self.hard_pack = cfg.hard_pack
         if cfg.output in TOKEN_OUTPUTS:
             self.blank = nn.Parameter(torch.zeros(output_dim))  # what the LLM reads where no token is spoken
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # softmax sharpness (learned)
-        if (cfg.cue_frames or cfg.bigram_frames) and cfg.output != "token_pack":
-            raise ValueError(f"cue_frames and bigram_frames need the 'token_pack' adapter output, not {cfg.output!r}")
+        if (cfg.cue_frames or cfg.bigram_frames or cfg.hard_pack) and cfg.output != "token_pack":
+            raise ValueError(f"cue_frames, bigram_frames and hard_pack need the 'token_pack' adapter output, "
+                             f"not {cfg.output!r}")
         if cfg.cue_frames:  # on the clip's mean encoder frame, apart from the transformer that spells
             self.cue_trunk = nn.Sequential(nn.Linear(input_dim, cfg.d_model), nn.GELU())
             self.cues = nn.ModuleDict({name: nn.Linear(cfg.d_model, len(LABEL_SETS[name])) for name in CUE_FIELDS})
@@ -258,8 +259,8 @@ class Adapter(nn.Module):
     def _cue_frames(self, x: Tensor, lengths: Tensor, token_table: Tensor,
                     cue_ids: dict[str, Tensor] | None) -> tuple[dict[str, Tensor], Tensor]:
         """Encoder frames (B, T, input_dim) with lengths (B,) -> each cue field's logits (B, labels) from the
-        clip's mean encoder frame, and the cue frames (B, fields, H): per field, the softmax-weighted mix of
-        its label tags' embeddings.
+        clip's mean encoder frame, and the cue frames (B, fields, H): per field, its label tags' embeddings
+        mixed by :meth:`_weights` (the softmax, or with ``hard_pack`` the chosen tag's row).
 
         Why the encoder frames and not the adapter's transformer: trained through the transformer, the cue
         losses slowed its token CTC (loss 4.3 against 2.4 after 200 steps, docs/hearing.md E24)."""
