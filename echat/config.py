@@ -97,6 +97,15 @@ class AdapterConfig:
     # layout comes with each clip (Batch.pack_layouts). A departure from the paper's task-agnostic adapter,
     # measured in docs/hearing.md (E55-E58, E65-E67).
     task_ordered_cues: bool = False
+    # With cue frames: one more packed frame, the LLM's text-EOS row (<|im_end|>), where the answer ends
+    # (tokens.pack_layout: after what an understanding answer reports; last for other tasks), so that the
+    # LLM stops by copying as it answers by copying (two-field only-P answers stopped after one tag, and
+    # weighting them up broke the transcript's end: docs/hearing.md E77-E78, §14).
+    end_frame: bool = False
+    # With cue frames: the cue classifiers also read the clip's log-mel mean and spread per mel bin (how
+    # loud, bright and varied the voice is), beside the mean encoder frame: emotion 0.91 / 0.85 against
+    # 0.78 / 0.70 from the mean Whisper-base frame alone (seen / unseen, docs/hearing.md §14).
+    cue_mel_stats: bool = False
     # With "token_pack": where the packed frames sit in their clip: "start" (zeros after them) or "end"
     # (zeros before them), which puts the last packed frame at a fixed distance from the answer (E56-E58).
     pack_align: Literal["start", "end"] = "start"
@@ -318,7 +327,7 @@ def whisper_base_encoder() -> EncoderConfig:
 def mini() -> EChatConfig:
     """The CPU world: a Whisper-base encoder (20 M parameters, pre-trained, frozen) under a ~6 M-parameter
     adapter + LLM + speech head that train on EChat-mini in minutes on 2 cores. The adapter is a token pack
-    with cue and bigram frames: what each changed is measured in docs/hearing.md (E7, E22-E24)."""
+    with cue, bigram and end frames: what each changed is measured in docs/hearing.md (E7, E22-E24, §14)."""
     return EChatConfig(
         name="mini",
         world="mini",
@@ -326,7 +335,8 @@ def mini() -> EChatConfig:
         encoder=whisper_base_encoder(),
         adapter=AdapterConfig(d_model=192, n_layers=2, n_heads=4, ffn_dim=512, max_positions=400,
                               output="token_pack", cue_frames=True, bigram_frames=True,
-                              task_ordered_cues=True, pack_align="end", hard_pack=True),
+                              task_ordered_cues=True, pack_align="end", hard_pack=True,
+                              end_frame=True, cue_mel_stats=True),
         llm=LLMConfig(
             hidden_size=256, intermediate_size=1024, n_layers=4, n_heads=4, n_kv_heads=2,
             vocab_size=2112, rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=1024,

@@ -172,28 +172,44 @@ def asked_fields(task: str, thinks: bool = False) -> tuple[str, ...]:
 
 # In a pack layout (:func:`pack_layout`), the block of the transcript's tokens (cue fields are 0..3).
 WORDS_BLOCK = len(CUE_FIELDS)
+# In a pack layout with the answer's end (``AdapterConfig.end_frame``): one frame of the text EOS row.
+END_BLOCK = WORDS_BLOCK + 1
 # The task-agnostic layout: the transcript, then the cue frames in CUE_FIELDS order.
 PLAIN_PACK_LAYOUT = (WORDS_BLOCK, *range(len(CUE_FIELDS)))
 # Every cue-label tag of the four fields (LABEL_SETS order).
 CUE_LABEL_TAGS = tuple(tag for labels in LABEL_SETS.values() for tag in labels)
 
 
-def pack_layout(task: str, thinks: bool = False) -> tuple[int, ...]:
+def plain_pack_layout(end_frame: bool = False) -> tuple[int, ...]:
+    """:data:`PLAIN_PACK_LAYOUT`, with ``end_frame`` followed by the answer's end (:data:`END_BLOCK`)."""
+    return (*PLAIN_PACK_LAYOUT, END_BLOCK) if end_frame else PLAIN_PACK_LAYOUT
+
+
+def pack_layout(task: str, thinks: bool = False, end_frame: bool = False) -> tuple[int, ...]:
     """The blocks of a token pack in the order an adapter with ``task_ordered_cues`` lays them out for
     ``task``: indices into :data:`CUE_FIELDS` for cue frames and :data:`WORDS_BLOCK` for the transcript.
     The packed frames follow the answer: the fields it reports in its order, then the others (CUE_FIELDS
     order); the transcript first, unless the answer starts with the tags (only-P), where it comes after
     the reported fields. The LLM then answers by copying the pack from its start, as it copies a
-    transcript (docs/hearing.md, E65-E67).
+    transcript (docs/hearing.md, E65-E67). With ``end_frame`` the answer's end (:data:`END_BLOCK`) follows
+    what an understanding answer reports, so that the LLM also stops by copying; for other tasks, whose
+    answer is not the pack, it comes last.
 
     >>> pack_layout("<TRANSCRIBE> <EMOTION>"), pack_layout("<GENDER>")
     ((4, 2, 0, 1, 3), (0, 4, 1, 2, 3))
+    >>> pack_layout("<AGE> <GENDER>", end_frame=True), pack_layout("<TRANSCRIBE>", end_frame=True)
+    ((1, 0, 5, 4, 2, 3), (4, 5, 0, 1, 2, 3))
     """
     names = list(CUE_FIELDS)
     asked = asked_fields(task, thinks)
     fields = [names.index(n) for n in (*asked, *[n for n in names if n not in asked])]
+    copied = output_type(task) is OutputType.TEXT and not thinks
     lead = len(asked) if is_only_p(task) and not thinks else 0
-    return (*fields[:lead], WORDS_BLOCK, *fields[lead:])
+    blocks = [*fields[:lead], WORDS_BLOCK, *fields[lead:]]
+    if end_frame:
+        answered = len(asked) + (0 if lead else 1)  # the asked tags, and the transcript unless only-P
+        blocks.insert(answered if copied else len(blocks), END_BLOCK)
+    return tuple(blocks)
 
 
 # Every English label tag: the mini tokenizer makes each one token, so a cue answer is one decision.

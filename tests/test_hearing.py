@@ -12,8 +12,8 @@ through the CLI. The ceiling ladder passes every rung on this model and shows th
 the guess when the clips are silenced; the only-P link is reported per cue field beside its guess, and the tag-row
 cosine of a field reads near 1 once its tags share one embedding direction. The cue tags: stage 0 with the
 tag tasks (labels drawn at random, random tags written into ASR transcripts) makes the LLM read every
-field's tag from exact frames; without the tagged transcripts emotion and event stay at their guess
-(docs/hearing.md E65-E68; with words as tokens gender and age are read even so, §13).
+field's tag from exact frames, and with the end frame it does so even without the tagged transcripts
+(docs/hearing.md E65-E68, §13, §14).
 """
 
 import dataclasses
@@ -40,7 +40,7 @@ from echat.train.run import init_encoder, load_split
 from echat.train.trainer import Trainer
 
 CLIPS = 16
-DICTATION_STEPS = 800  # stage 0: the LLM learns to repeat a packed token prefix
+DICTATION_STEPS = 1000  # stage 0: the LLM learns to repeat a packed token prefix and copy its end frame
 STEPS = 120  # per stage-1 phase: the adapter learns to spell the audio
 LADDER_STEPS = 60  # rung 1: the per-clip frames learned through the frozen LLM
 
@@ -228,7 +228,7 @@ def test_the_llm_reads_every_cue_tag_it_is_shown(smoke_corpus, tmp_path):
     assert min(reading.values()) >= 0.6, reading  # every field, emotion and event included
 
 
-def test_without_tags_in_the_copied_stream_emotion_and_event_stay_at_the_guess(smoke_corpus, tmp_path):
+def test_without_tags_in_the_copied_stream_the_end_frame_still_makes_the_tags_read(smoke_corpus, tmp_path):
     row = tag_reader(smoke_corpus, tmp_path, 0.0)
-    for field in ("emotion", "event"):  # gender and age are read even so, since each word is one token
-        assert row[f"dictation_only_p_{field}"] <= row[f"only_p_{field}_guess"] + 0.1, row
+    reading = {field: row[f"dictation_only_p_{field}"] for field in ONLY_P_FIELD_TASKS}
+    assert min(reading.values()) >= 0.6, reading  # the answer stops by copying: one tag, then the end

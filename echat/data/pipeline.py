@@ -35,7 +35,7 @@ from echat.prompts import (
     effective_output_type,
     instruction_prompts,
 )
-from echat.tokens import IGNORE_INDEX, PLAIN_PACK_LAYOUT, OutputType, SpecialIds, Stream, pack_layout
+from echat.tokens import IGNORE_INDEX, OutputType, SpecialIds, Stream, pack_layout, plain_pack_layout
 
 
 @dataclass
@@ -70,8 +70,8 @@ class Batch:
     """Model input for one output type.
 
     ids, stream, labels, attention_mask: (B, L); feats: (N, T, n_mels) with feat_lengths (N,),
-    the audio clips of all rows in order of appearance; pack_layouts (N, fields + 1): the order of each
-    clip's token-pack blocks (CUE_FIELDS indices and WORDS_BLOCK, :func:`clip_pack_layouts`), None when no
+    the audio clips of all rows in order of appearance; pack_layouts (N, blocks): the order of each
+    clip's token-pack blocks (CUE_FIELDS indices, WORDS_BLOCK, END_BLOCK: :func:`clip_pack_layouts`), None when no
     example gave one.
     """
 
@@ -270,11 +270,14 @@ class SampleEncoder:
 def clip_pack_layouts(config: EChatConfig, task: str, kind: OutputType, clips: int) -> list[tuple[int, ...]]:
     """The token-pack layout of each of ``clips`` clips of a ``task`` sample (the current clip last): the
     answer's order with ``AdapterConfig.task_ordered_cues`` (:func:`echat.tokens.pack_layout`), otherwise,
-    and for history clips, the transcript then the cue frames in CUE_FIELDS order."""
+    and for history clips, the transcript then the cue frames in CUE_FIELDS order; each with the answer's
+    end frame under ``AdapterConfig.end_frame``."""
     if not clips:
         return []
-    current = pack_layout(task, kind.thinks) if config.adapter.task_ordered_cues else PLAIN_PACK_LAYOUT
-    return [PLAIN_PACK_LAYOUT] * (clips - 1) + [current]
+    end = config.adapter.end_frame
+    plain = plain_pack_layout(end)
+    current = pack_layout(task, kind.thinks, end) if config.adapter.task_ordered_cues else plain
+    return [plain] * (clips - 1) + [current]
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:

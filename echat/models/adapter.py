@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from echat.config import AdapterConfig
 from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, mean_frame, valid_mask
-from echat.tokens import CUE_FIELDS, LABEL_SETS, PLAIN_PACK_LAYOUT
+from echat.tokens import CUE_FIELDS, LABEL_SETS, WORDS_BLOCK, plain_pack_layout
 
 __all__ = [
     "TOKEN_OUTPUTS",
@@ -36,6 +36,7 @@ __all__ = [
     "CausalConvDownsampler",
     "arrange_pack",
     "ctc_path",
+    "mel_statistics",
     "pack_tokens",
     "spoken_tokens",
     "wenet_sinusoids",
@@ -143,7 +144,7 @@ class AdapterTransformer(nn.Module):
 class Adapter(nn.Module):
     """Encoder frames → causal conv downsampling → transformer → projection to the LLM width."""
 
-    def __init__(self, cfg: AdapterConfig, input_dim: int, output_dim: int) -> None:
+    def __init__(self, cfg: AdapterConfig, input_dim: int, output_dim: int, n_mels: int = 80) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.max_positions = cfg.max_positions
@@ -153,14 +154,19 @@ class Adapter(nn.Module):
         self.output_rms = cfg.output_rms
         self.output = cfg.output
         self.hard_pack = cfg.hard_pack
+        self.end_frame = cfg.end_frame
         if cfg.output in TOKEN_OUTPUTS:
             self.blank = nn.Parameter(torch.zeros(output_dim))  # what the LLM reads where no token is spoken
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # softmax sharpness (learned)
         if (cfg.cue_frames or cfg.bigram_frames or cfg.hard_pack) and cfg.output != "token_pack":
             raise ValueError(f"cue_frames, bigram_frames and hard_pack need the 'token_pack' adapter output, "
                              f"not {cfg.output!r}")
+        if (cfg.end_frame or cfg.cue_mel_stats) and not cfg.cue_frames:
+            raise ValueError("end_frame and cue_mel_stats need cue_frames")
+        self.cue_mel_stats = cfg.cue_mel_stats
         if cfg.cue_frames:  # on the clip's mean encoder frame, apart from the transformer that spells
-            self.cue_trunk = nn.Sequential(nn.Linear(input_dim, cfg.d_model), nn.GELU())
+            pooled = input_dim + (2 * n_mels if cfg.cue_mel_stats else 0)
+            self.cue_trunk = nn.Sequential(nn.Linear(pooled, cfg.d_model), nn.GELU())
             self.cues = nn.ModuleDict({name: nn.Linear(cfg.d_model, len(LABEL_SETS[name])) for name in CUE_FIELDS})
         self.bigram_frames = cfg.bigram_frames
         self.pack_align = cfg.pack_align
@@ -187,13 +193,17 @@ class Adapter(nn.Module):
         return self.downsample.output_lengths(lengths)
 
     def forward(self, x: Tensor, lengths: Tensor, token_table: Tensor | None = None,
-                cue_ids: dict[str, Tensor] | None = None, pack_layouts: Tensor | None = None) -> AdapterOutput:
+                cue_ids: dict[str, Tensor] | None = None, pack_layouts: Tensor | None = None,
+                end_id: int | None = None, mel_stats: Tensor | None = None) -> AdapterOutput:
         """``x`` (B, T, input_dim), ``lengths`` (B,) → ``AdapterOutput`` (B, T'', output_dim).
         ``token_table`` (V, output_dim): the LLM's input embeddings, needed by the token outputs;
         ``cue_ids``: field -> token ids (labels,) of its label tags in LABEL_SETS order, for cue frames;
-        ``pack_layouts`` (B, fields + 1): per clip, the order of its token pack's blocks: CUE_FIELDS indices
-        for the cue frames, WORDS_BLOCK for the transcript (:func:`echat.tokens.pack_layout`, see
-        ``AdapterConfig.task_ordered_cues``); None = the transcript, then the cue frames in CUE_FIELDS order."""
+        ``pack_layouts`` (B, blocks): per clip, the order of its token pack's blocks: CUE_FIELDS indices
+        for the cue frames, WORDS_BLOCK for the transcript, END_BLOCK for the answer's end
+        (:func:`echat.tokens.pack_layout`, see ``AdapterConfig.task_ordered_cues``); None = the transcript,
+        then the cue frames in CUE_FIELDS order (then the end); ``end_id``: the token whose row is the end
+        frame (the text EOS), needed with ``end_frame``; ``mel_stats`` (B, 2 n_mels): each clip's
+        :func:`mel_statistics`, needed with ``cue_mel_stats``."""
         if x.dim() != 3 or x.size(-1) != self.input_dim:
             raise ValueError(f"Adapter expects (B, T, {self.input_dim}) frames, got {tuple(x.shape)}")
         batch, frames, _ = x.shape
@@ -215,16 +225,18 @@ class Adapter(nn.Module):
         elif self.output in TOKEN_OUTPUTS:
             y, logits = self._token_mix(y, token_table)
             if self.output == "token_pack":
-                y, cue_logits = self._pack(y, logits, out_lengths, x, lengths, token_table, cue_ids, pack_layouts)
+                y, cue_logits = self._pack(y, logits, out_lengths, x, lengths, token_table, cue_ids, pack_layouts,
+                                           end_id, mel_stats)
         if self.output_rms:
             y = y * (self.output_rms * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-12))
         return AdapterOutput(y.masked_fill(~mask.unsqueeze(-1), 0.0), out_lengths, logits, cue_logits)
 
     def _pack(self, y: Tensor, logits: Tensor, out_lengths: Tensor, x: Tensor, lengths: Tensor, token_table: Tensor,
-              cue_ids: dict[str, Tensor] | None,
-              pack_layouts: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """Token mixes (B, T'', H) -> the packed frames the LLM reads: the greedy CTC path of ``logits`` and
-        the cue frames, in each clip's ``pack_layouts`` (default: the path, then the cues in CUE_FIELDS order),
+              cue_ids: dict[str, Tensor] | None, pack_layouts: Tensor | None,
+              end_id: int | None, mel_stats: Tensor | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Token mixes (B, T'', H) -> the packed frames the LLM reads: the greedy CTC path of ``logits``, the
+        cue frames and with ``end_frame`` the row of ``end_id``, in each clip's ``pack_layouts`` (default: the
+        path, then the cues in CUE_FIELDS order, then the end),
         each carrying its predecessor with bigram frames, moved to the end of the clip with
         ``pack_align = "end"``; and the cue logits."""
         ids = logits.argmax(-1)  # (B, T'')
@@ -233,9 +245,14 @@ class Adapter(nn.Module):
         spoken = spoken_tokens(ids, out_lengths, blank).sum(1)  # (B,)
         cue_logits = None
         if hasattr(self, "cues"):
-            cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids)
+            cue_logits, frames = self._cue_frames(x, lengths, token_table, cue_ids, mel_stats)
+            if self.end_frame:
+                if end_id is None:
+                    raise ValueError("an adapter with end_frame needs the id of the answer's end token")
+                frames = torch.cat([frames, token_table[end_id].expand(len(frames), 1, -1)], dim=1)  # (B, F + 1, H)
             if pack_layouts is None:
-                pack_layouts = torch.tensor(PLAIN_PACK_LAYOUT, device=y.device).expand(y.shape[0], -1)
+                layout = plain_pack_layout(self.end_frame)
+                pack_layouts = torch.tensor(layout, device=y.device).expand(y.shape[0], -1)
             y, spoken = arrange_pack(y, spoken, frames, pack_layouts, out_lengths)
         return self.finish_pack(y, torch.minimum(spoken, out_lengths), out_lengths), cue_logits
 
@@ -256,17 +273,23 @@ class Adapter(nn.Module):
         in_front = torch.arange(frames.shape[1], device=frames.device)[None] < counts[:, None]  # (B, T)
         return frames + (before @ self.previous_map.T) * in_front.unsqueeze(-1).to(frames.dtype)
 
-    def _cue_frames(self, x: Tensor, lengths: Tensor, token_table: Tensor,
-                    cue_ids: dict[str, Tensor] | None) -> tuple[dict[str, Tensor], Tensor]:
+    def _cue_frames(self, x: Tensor, lengths: Tensor, token_table: Tensor, cue_ids: dict[str, Tensor] | None,
+                    mel_stats: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
         """Encoder frames (B, T, input_dim) with lengths (B,) -> each cue field's logits (B, labels) from the
-        clip's mean encoder frame, and the cue frames (B, fields, H): per field, its label tags' embeddings
-        mixed by :meth:`_weights` (the softmax, or with ``hard_pack`` the chosen tag's row).
+        clip's mean encoder frame (with ``cue_mel_stats`` beside its ``mel_stats`` (B, 2 n_mels)), and the cue
+        frames (B, fields, H): per field, its label tags' embeddings mixed by :meth:`_weights` (the softmax, or
+        with ``hard_pack`` the chosen tag's row).
 
         Why the encoder frames and not the adapter's transformer: trained through the transformer, the cue
         losses slowed its token CTC (loss 4.3 against 2.4 after 200 steps, docs/hearing.md E24)."""
         if cue_ids is None:
             raise ValueError("an adapter with cue frames needs the token ids of the cue label tags")
-        pooled = self.cue_trunk(mean_frame(x, lengths))  # (B, D)
+        pooled = mean_frame(x, lengths)  # (B, input_dim)
+        if self.cue_mel_stats:
+            if mel_stats is None:
+                raise ValueError("an adapter with cue_mel_stats needs each clip's log-mel statistics")
+            pooled = torch.cat([pooled, mel_stats.to(pooled.dtype)], dim=-1)
+        pooled = self.cue_trunk(pooled)  # (B, D)
         logits = {name: head(pooled) for name, head in self.cues.items()}
         frames = torch.stack([self._weights(logits[name]) @ token_table[cue_ids[name]] for name in self.cues], 1)
         return logits, frames  # frames: (B, fields, H)
@@ -291,6 +314,16 @@ class Adapter(nn.Module):
             return weights
         chosen = F.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
         return chosen + weights - weights.detach()
+
+
+def mel_statistics(feats: Tensor, lengths: Tensor) -> Tensor:
+    """Log-mel clips (B, T, n_mels) with lengths (B,) -> the mean and standard deviation of each mel bin
+    over the clip's valid frames, (B, 2 n_mels): loudness, spectral tilt and how much the voice moves,
+    which a frozen ASR encoder's frames carry less of (docs/hearing.md §14)."""
+    mean = mean_frame(feats, lengths)  # (B, n_mels)
+    valid = valid_mask(lengths, feats.shape[1]).unsqueeze(-1).to(feats.dtype)  # (B, T, 1)
+    spread = ((feats - mean[:, None]) ** 2 * valid).sum(1) / lengths.clamp(min=1)[:, None].to(feats.dtype)
+    return torch.cat([mean, spread.sqrt()], dim=-1)
 
 
 def ctc_path(ids: list[int], blank: int) -> list[int]:
@@ -329,29 +362,31 @@ def pack_tokens(frames: Tensor, ids: Tensor, lengths: Tensor, blank: int) -> Ten
     return packed * in_front.unsqueeze(-1).to(frames.dtype)
 
 
-def arrange_pack(words: Tensor, counts: Tensor, cues: Tensor, layouts: Tensor,
+def arrange_pack(words: Tensor, counts: Tensor, singles: Tensor, layouts: Tensor,
                  lengths: Tensor) -> tuple[Tensor, Tensor]:
     """The blocks of a token pack in each clip's layout. ``words`` (B, T, H): the transcript's frames packed
-    at the front, ``counts`` (B,) of them; ``cues`` (B, F, H): one frame per cue field in CUE_FIELDS order;
-    ``layouts`` (B, F + 1): the blocks' order (field indices, and F for the transcript); ``lengths`` (B,):
-    valid frames per clip. Returns the frames (B, T, H), blocks laid out from the front and zeros after
-    them, and the number of packed frames (B,). A clip too short for all of them keeps every cue frame and
-    as many words as fit. Differentiable in ``words`` and ``cues``."""
+    at the front, ``counts`` (B,) of them; ``singles`` (B, S, H): the one-frame blocks, one per cue field in
+    CUE_FIELDS order, then the answer's end frame if there is one; ``layouts`` (B, S + 1): the blocks' order
+    (field indices, WORDS_BLOCK for the transcript, END_BLOCK for the end frame); ``lengths`` (B,): valid
+    frames per clip. Returns the frames (B, T, H), blocks laid out from the front and zeros after them, and
+    the number of packed frames (B,). A clip too short for all of them keeps every one-frame block and as
+    many words as fit. Differentiable in ``words`` and ``singles``."""
     batch, steps, size = words.shape
-    fields = cues.shape[1]
-    counts = torch.minimum(counts, (lengths - fields).clamp(min=0))  # (B,)
-    lead = (layouts == fields).int().argmax(1)[:, None]  # (B, 1) cue frames before the transcript
-    order = layouts[layouts != fields].view(batch, fields)  # (B, F) the cue fields in layout order
+    blocks = singles.shape[1]
+    counts = torch.minimum(counts, (lengths - blocks).clamp(min=0))  # (B,)
+    lead = (layouts == WORDS_BLOCK).int().argmax(1)[:, None]  # (B, 1) one-frame blocks before the transcript
+    order = layouts[layouts != WORDS_BLOCK].view(batch, blocks)  # (B, S) block ids in layout order
+    order = order - (order > WORDS_BLOCK).long()  # block id -> index into ``singles``
     at = torch.arange(steps, device=words.device)[None].expand(batch, -1)  # (B, T)
     in_words = (at >= lead) & (at < lead + counts[:, None])
-    in_cues = (at < lead) | ((at >= lead + counts[:, None]) & (at < counts[:, None] + fields))
-    cue_slot = torch.where(at < lead, at, at - counts[:, None]).clamp(0, fields - 1)  # (B, T)
-    zero = steps + fields  # index of an all-zero frame in the source below
+    in_cues = (at < lead) | ((at >= lead + counts[:, None]) & (at < counts[:, None] + blocks))
+    cue_slot = torch.where(at < lead, at, at - counts[:, None]).clamp(0, blocks - 1)  # (B, T)
+    zero = steps + blocks  # index of an all-zero frame in the source below
     source = torch.where(in_cues, steps + order.gather(1, cue_slot), torch.where(in_words, at - lead, zero))
     source = torch.where(at < lengths[:, None], source, zero)
-    pool = torch.cat([words, cues, words.new_zeros(batch, 1, size)], dim=1)  # (B, T + F + 1, H)
+    pool = torch.cat([words, singles, words.new_zeros(batch, 1, size)], dim=1)  # (B, T + S + 1, H)
     frames = pool.gather(1, source[..., None].expand(-1, -1, size))
-    return frames, torch.minimum(counts + fields, lengths)
+    return frames, torch.minimum(counts + blocks, lengths)
 
 
 def _normalise_clips(y: Tensor, mask: Tensor) -> Tensor:

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from echat.config import EChatConfig, LLMConfig
-from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput
+from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput, mel_statistics
 from echat.models.encoder import EncoderOutput, SpeechEncoder
 from echat.models.speech import speech_embedding, speech_head
-from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS, Stream
+from echat.tokens import CUE_FIELDS, IGNORE_INDEX, IM_END, LABEL_SETS, Stream
 
 
 def qwen2_config(cfg: LLMConfig) -> Qwen2Config:
@@ -63,7 +63,7 @@ class EChat(nn.Module):
         self.config = config
         hidden = config.llm.hidden_size
         self.encoder = SpeechEncoder(config.encoder)
-        self.adapter = Adapter(config.adapter, config.encoder.d_model, hidden)
+        self.adapter = Adapter(config.adapter, config.encoder.d_model, hidden, config.encoder.n_mels)
         self.llm = Qwen2ForCausalLM(qwen2_config(config.llm))
         self.speech_embedding = speech_embedding(config.speech, hidden)
         self.speech_head = speech_head(config.speech, hidden)
@@ -112,15 +112,22 @@ class EChat(nn.Module):
     # -- embedding -------------------------------------------------------------------------------
     def encode_clips(self, feats: Tensor, lengths: Tensor, pack_layouts: Tensor | None = None) -> AdapterOutput:
         """Log-mel clips (N, T, n_mels) with lengths (N,) -> adapter frames (N, T'', hidden), padded,
-        with their valid lengths (N,); ``pack_layouts`` (N, fields + 1): see :meth:`adapt`."""
-        return self.adapt(self.run_encoder(feats, lengths), pack_layouts)
+        with their valid lengths (N,); ``pack_layouts``: see :meth:`adapt`."""
+        return self.adapt(self.run_encoder(feats, lengths), pack_layouts, feats, lengths)
 
-    def adapt(self, enc: EncoderOutput, pack_layouts: Tensor | None = None) -> AdapterOutput:
+    def adapt(self, enc: EncoderOutput, pack_layouts: Tensor | None = None, feats: Tensor | None = None,
+              feat_lengths: Tensor | None = None) -> AdapterOutput:
         """Encoder frames -> the adapter frames the LLM reads (a token-mix adapter mixes the LLM's own
-        input embeddings); ``pack_layouts`` (N, fields + 1): each clip's token-pack layout (Batch.pack_layouts)."""
+        input embeddings); ``pack_layouts`` (N, blocks): each clip's token-pack layout
+        (Batch.pack_layouts); ``feats`` (N, T, n_mels) with ``feat_lengths`` (N,): the clips' log-mel, which
+        an adapter with ``cue_mel_stats`` also reads."""
         table = self.llm.get_input_embeddings().weight if self.adapter.output in TOKEN_OUTPUTS else None
         cue_ids = self.cue_token_ids() if self.config.adapter.cue_frames else None
-        return self.adapter(enc.hidden, enc.lengths, table, cue_ids, pack_layouts)
+        end_id = self.tokenizer.convert_tokens_to_ids(IM_END) if self.config.adapter.end_frame else None
+        stats = None
+        if self.config.adapter.cue_mel_stats and feats is not None:
+            stats = mel_statistics(feats.to(self.dtype), feat_lengths)
+        return self.adapter(enc.hidden, enc.lengths, table, cue_ids, pack_layouts, end_id, stats)
 
     def cue_token_ids(self) -> dict[str, Tensor]:
         """field -> the token ids (labels,) of its label tags (LABEL_SETS order), each tag one token of the

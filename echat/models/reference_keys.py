@@ -213,7 +213,7 @@ def expected_reference_keys(config: EChatConfig) -> list[str]:
     """
     with torch.device("meta"):
         encoder = SpeechEncoder(config.encoder)
-        adapter = Adapter(config.adapter, config.encoder.d_model, config.llm.hidden_size)
+        adapter = Adapter(config.adapter, config.encoder.d_model, config.llm.hidden_size, config.encoder.n_mels)
     ours = [f"encoder.{k}" for k in encoder.state_dict()]
     ours += [f"adapter.{k}" for k in adapter.state_dict()]
     ours += [f"llm.{k}" for k in _qwen2_keys(config.llm)]

@@ -37,7 +37,9 @@ from echat.models.encoder import mean_frame
 from echat.tokens import (
     CUE_FIELDS,
     CUE_LABEL_TAGS,
+    END_BLOCK,
     IGNORE_INDEX,
+    IM_END,
     LABEL_SETS,
     PLAIN_PACK_LAYOUT,
     WORDS_BLOCK,
@@ -63,7 +65,8 @@ class BridgeTargets:
     cues: dict[str, Tensor]
     chars: Tensor | None = None  # transcript characters (indices into CHARS), concatenated
     char_lengths: Tensor | None = None  # (N,)
-    is_tag: Tensor | None = None  # like ``tokens``: True where the token is a cue tag
+    # like ``tokens``: True where the token is a cue tag or the answer's end (what the adapter does not spell)
+    is_tag: Tensor | None = None
 
     def to(self, device) -> BridgeTargets:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
@@ -72,8 +75,8 @@ class BridgeTargets:
                              move(self.char_lengths), move(self.is_tag))
 
     def words_only(self) -> BridgeTargets:
-        """The same targets with each clip's cue tags dropped from its tokens (an adapter with cue frames
-        spells only the words; the tags come from its cue classifiers)."""
+        """The same targets with each clip's cue tags (and end frame) dropped from its tokens (an adapter with
+        cue frames spells only the words; the tags come from its cue classifiers)."""
         if self.is_tag is None or not bool(self.is_tag.any()):
             return self
         clip = torch.repeat_interleave(torch.arange(len(self.token_lengths), device=self.tokens.device),
@@ -85,7 +88,7 @@ class BridgeTargets:
 
 def bridge_targets(records: list[Record], tokenizer, pack_layouts: Tensor | None = None) -> BridgeTargets | None:
     """Targets for a batch whose rows each hold one clip spoken from ``extra.q_txt``; None otherwise.
-    ``pack_layouts`` (N, fields + 1): the order of each clip's transcript and cue tags (Batch.pack_layouts);
+    ``pack_layouts`` (N, blocks): the order of each clip's transcript, cue tags and end (Batch.pack_layouts);
     None = the transcript, then the tags in CUE_FIELDS order."""
     if not records or any(not r.wav or r.history or not r.extra.get("q_txt") for r in records):
         return None
@@ -101,11 +104,14 @@ def bridge_targets(records: list[Record], tokenizer, pack_layouts: Tensor | None
 
 def _pack_tokens(record: Record, tokenizer, layout: list[int] | None) -> tuple[list[int], list[bool]]:
     """A clip's token ids in its pack ``layout`` (default: the transcript, then CUE_FIELDS order), and
-    which of them are cue tags."""
+    which of them are cue tags or the answer's end (the text EOS, for END_BLOCK)."""
     ids, tags = [], []
     for block in layout if layout is not None else PLAIN_PACK_LAYOUT:
-        text = record.extra["q_txt"] if block == WORDS_BLOCK else cue_tags(record, [block])
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if block == END_BLOCK:
+            piece = [tokenizer.convert_tokens_to_ids(IM_END)]
+        else:
+            text = record.extra["q_txt"] if block == WORDS_BLOCK else cue_tags(record, [block])
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
         tags += [block != WORDS_BLOCK] * len(piece)
     return ids, tags
@@ -376,7 +382,7 @@ class BridgedModel(nn.Module):
         if self.dictation:
             return self.echat(batch, clips=dictation_for(self.echat, batch.feat_lengths, targets))
         enc = self.echat.run_encoder(batch.feats, batch.feat_lengths)
-        clips = self.echat.adapt(enc, batch.pack_layouts)
+        clips = self.echat.adapt(enc, batch.pack_layouts, batch.feats, batch.feat_lengths)
         if bridge_only:
             zero = torch.zeros((), device=batch.feats.device)
             out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)

@@ -175,17 +175,30 @@ def test_a_hard_pack_gives_the_llm_the_chosen_rows_and_the_softmax_its_gradient(
 
 def test_arrange_pack_lays_the_blocks_out_in_each_clips_layout():
     from echat.models.adapter import arrange_pack
+    from echat.tokens import END_BLOCK, WORDS_BLOCK, pack_layout
 
-    words = torch.zeros(4, 7, 1)  # (B, T, H): words 1, 2, 3 packed at the front of every clip
+    words = torch.zeros(4, 10, 1)  # (B, T, H): words 1, 2, 3 packed at the front of every clip
     words[:, :3, 0] = torch.tensor([1.0, 2.0, 3.0])
-    cues = torch.tensor([7.0, 8.0])[None, :, None].repeat(4, 1, 1)  # (B, F=2, H): field 0 -> 7, field 1 -> 8
-    layouts = torch.tensor([[2, 0, 1], [1, 2, 0], [0, 1, 2], [2, 0, 1]])  # 2 = the transcript
-    frames, counts = arrange_pack(words, torch.tensor([3, 3, 3, 3]), cues, layouts, torch.tensor([7, 7, 7, 4]))
-    assert frames[0, :, 0].tolist() == [1, 2, 3, 7, 8, 0, 0]  # the transcript, then the cues
-    assert frames[1, :, 0].tolist() == [8, 1, 2, 3, 7, 0, 0]  # field 1 leads, the rest after the words
-    assert frames[2, :, 0].tolist() == [7, 8, 1, 2, 3, 0, 0]
-    assert frames[3, :, 0].tolist() == [1, 2, 7, 8, 0, 0, 0]  # 4 frames: every cue, the words that fit
-    assert counts.tolist() == [5, 5, 5, 4]
+    singles = torch.tensor([6.0, 7.0, 8.0, 9.0])[None, :, None].repeat(4, 1, 1)  # (B, F=4, H): field i -> 6 + i
+    layouts = torch.tensor([[WORDS_BLOCK, 0, 1, 2, 3], [1, WORDS_BLOCK, 0, 2, 3], [0, 1, 2, 3, WORDS_BLOCK],
+                            [WORDS_BLOCK, 3, 2, 1, 0]])
+    frames, counts = arrange_pack(words, torch.tensor([3, 3, 3, 3]), singles, layouts, torch.tensor([10, 10, 10, 6]))
+    assert frames[0, :, 0].tolist() == [1, 2, 3, 6, 7, 8, 9, 0, 0, 0]  # the transcript, then the cues
+    assert frames[1, :, 0].tolist() == [7, 1, 2, 3, 6, 8, 9, 0, 0, 0]  # field 1 leads, the rest after the words
+    assert frames[2, :, 0].tolist() == [6, 7, 8, 9, 1, 2, 3, 0, 0, 0]
+    assert frames[3, :, 0].tolist() == [1, 2, 9, 8, 7, 6, 0, 0, 0, 0]  # 6 frames: every cue, the words that fit
+    assert counts.tolist() == [7, 7, 7, 6]
+
+    with_end = torch.cat([singles, torch.full((4, 1, 1), 5.0)], dim=1)  # the end frame (5) after the fields
+    layouts = torch.tensor([pack_layout("<AGE> <GENDER>", end_frame=True), pack_layout("<TRANSCRIBE>", end_frame=True),
+                            pack_layout("<TRANSCRIBE> <EMOTION>", end_frame=True),
+                            (WORDS_BLOCK, 0, 1, 2, 3, END_BLOCK)])
+    frames, counts = arrange_pack(words, torch.tensor([3, 3, 3, 3]), with_end, layouts, torch.tensor([10] * 4))
+    assert frames[0, :, 0].tolist() == [7, 6, 5, 1, 2, 3, 8, 9, 0, 0]  # age, gender, end: what the answer copies
+    assert frames[1, :, 0].tolist() == [1, 2, 3, 5, 6, 7, 8, 9, 0, 0]  # the transcript, then the end
+    assert frames[2, :, 0].tolist() == [1, 2, 3, 8, 5, 6, 7, 9, 0, 0]  # the transcript, emotion, then the end
+    assert frames[3, :, 0].tolist() == [1, 2, 3, 6, 7, 8, 9, 5, 0, 0]
+    assert counts.tolist() == [8] * 4
 
 
 def test_cue_frames_follow_the_spoken_tokens_and_mix_each_fields_label_tags():
@@ -212,6 +225,39 @@ def test_cue_frames_follow_the_spoken_tokens_and_mix_each_fields_label_tags():
             assert torch.allclose(out.embeddings[row, start + offset], expected, atol=1e-5)
     sum(logits.sum() for logits in out.cue_logits.values()).backward()
     assert adapter.cues["gender"].weight.grad is not None and adapter.cue_trunk[0].weight.grad is not None
+
+
+def test_the_end_frame_is_the_end_tokens_row_where_the_layout_puts_it_and_the_cues_read_the_log_mel():
+    import dataclasses
+
+    from echat.models.adapter import mel_statistics
+    from echat.tokens import CUE_FIELDS, LABEL_SETS, pack_layout
+
+    cfg = dataclasses.replace(TINY, output="token_pack", cue_frames=True, hard_pack=True, end_frame=True,
+                              cue_mel_stats=True)
+    torch.manual_seed(0)
+    adapter = Adapter(cfg, 24, 40, n_mels=6).eval()
+    table = torch.randn(40, 40)  # (V, output_dim): token 39 is the end token
+    cue_ids, first = {}, 10
+    for name in CUE_FIELDS:
+        cue_ids[name] = torch.arange(len(LABEL_SETS[name])) + first
+        first += len(LABEL_SETS[name])
+    x, lengths = torch.randn(2, 60, 24), torch.tensor([60, 60])
+    mel = torch.randn(2, 30, 6)
+    stats = mel_statistics(mel, torch.tensor([30, 20]))  # (B, 2 n_mels)
+    assert torch.allclose(stats[1], torch.cat([mel[1, :20].mean(0), mel[1, :20].std(0, unbiased=False)]), atol=1e-5)
+    layouts = torch.tensor([pack_layout("<AGE> <GENDER>", end_frame=True)] * 2)  # age, gender, end, ...
+    out = adapter(x, lengths, table, cue_ids, layouts, end_id=39, mel_stats=stats)
+    age, gender = (int(out.cue_logits[name][0].argmax()) for name in ("age", "gender"))
+    assert torch.equal(out.embeddings[0, 0], table[cue_ids["age"][age]])  # the asked tags, then the end
+    assert torch.equal(out.embeddings[0, 1], table[cue_ids["gender"][gender]])
+    assert torch.equal(out.embeddings[0, 2], table[39])
+    moved = adapter(x, lengths, table, cue_ids, layouts, end_id=39, mel_stats=stats + 3.0)
+    assert not torch.equal(moved.cue_logits["emotion"], out.cue_logits["emotion"])  # the log-mel is read
+    with pytest.raises(ValueError, match="end token"):
+        adapter(x, lengths, table, cue_ids, layouts, mel_stats=stats)
+    with pytest.raises(ValueError, match="log-mel statistics"):
+        adapter(x, lengths, table, cue_ids, layouts, end_id=39)
 
 
 def test_cue_frames_need_the_token_pack_output():

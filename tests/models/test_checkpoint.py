@@ -114,6 +114,7 @@ def test_a_checkpoint_of_another_preset_is_rejected(smoke_model, tmp_path):
     one_layer_mini.encoder.n_layers = one_layer_mini.adapter.n_layers = one_layer_mini.llm.n_layers = 1
     one_layer_mini.adapter.output = "linear"  # the smoke checkpoint has no token-mix or cue-frame weights
     one_layer_mini.adapter.cue_frames = one_layer_mini.adapter.bigram_frames = one_layer_mini.adapter.hard_pack = False
+    one_layer_mini.adapter.end_frame = one_layer_mini.adapter.cue_mel_stats = False
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=one_layer_mini)
 

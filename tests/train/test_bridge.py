@@ -282,15 +282,16 @@ def test_spread_tag_rows_makes_the_tags_distinct_inside_the_word_span(smoke_corp
 @pytest.mark.parametrize("task", ["<TRANSCRIBE>", "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>",
                                   "<TRANSCRIBE> <CAPTION>", "<GENDER>", "<EMOTION>", "<AGE> <GENDER>"])
 def test_the_mini_pack_starts_with_the_answer_so_that_copying_answers(smoke_corpus, task):
-    """With the mini preset's layout every understanding answer is the start of its clip's pack: the
-    LLM answers any of them by copying from the first frame (docs/hearing.md E65-E68)."""
+    """With the mini preset's layout every understanding answer, then its end (the text EOS), is the start
+    of its clip's pack: the LLM answers any of them, and stops, by copying from the first frame
+    (docs/hearing.md E65-E68, §14)."""
     from echat.config import preset
     from echat.data.pipeline import clip_pack_layouts
     from echat.eval.hearing import distinct_clips
-    from echat.tokens import CUE_FIELDS, FIELD_OF_TASK_TAG, TRANSCRIBE, OutputType, canonical_label
+    from echat.tokens import CUE_FIELDS, FIELD_OF_TASK_TAG, IM_END, TRANSCRIBE, OutputType, canonical_label
 
     model = _model("smoke", smoke_corpus, None)
-    layout = torch.tensor(clip_pack_layouts(preset("mini"), task, OutputType.TEXT, 1))  # (1, fields + 1)
+    layout = torch.tensor(clip_pack_layouts(preset("mini"), task, OutputType.TEXT, 1))  # (1, fields + 2)
     for clip in distinct_clips(load_split(smoke_corpus, "train", model.config))[:4]:
         extra = clip.record.extra
         tags = "".join(canonical_label(FIELD_OF_TASK_TAG[p], extra[CUE_FIELDS[FIELD_OF_TASK_TAG[p]]])
@@ -298,5 +299,6 @@ def test_the_mini_pack_starts_with_the_answer_so_that_copying_answers(smoke_corp
         answer = (extra["q_txt"] if TRANSCRIBE in task.split() else "") + tags
         record = dataclasses.replace(clip.record, task=task, txt=answer)
         targets = bridge_targets([record], model.tokenizer, layout)
-        ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = model.tokenizer(answer + IM_END, add_special_tokens=False)["input_ids"]
         assert targets.tokens[:len(ids)].tolist() == ids, (task, answer)
+        assert int(targets.is_tag.sum()) == len(CUE_FIELDS) + 1  # the tags and the end are not spelled
