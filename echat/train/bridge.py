@@ -65,25 +65,26 @@ class BridgeTargets:
     cues: dict[str, Tensor]
     chars: Tensor | None = None  # transcript characters (indices into CHARS), concatenated
     char_lengths: Tensor | None = None  # (N,)
-    # like ``tokens``: True where the token is a cue tag or the answer's end (what the adapter does not spell)
-    is_tag: Tensor | None = None
+    # like ``tokens``: True where the adapter does not spell the token (a cue tag, the answer's end)
+    unspelled: Tensor | None = None
 
     def to(self, device) -> BridgeTargets:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return BridgeTargets(move(self.tokens), move(self.token_lengths),
                              {k: v.to(device) for k, v in self.cues.items()}, move(self.chars),
-                             move(self.char_lengths), move(self.is_tag))
+                             move(self.char_lengths), move(self.unspelled))
 
     def words_only(self) -> BridgeTargets:
         """The same targets with each clip's cue tags (and end frame) dropped from its tokens (an adapter with
         cue frames spells only the words; the tags come from its cue classifiers)."""
-        if self.is_tag is None or not bool(self.is_tag.any()):
+        if self.unspelled is None or not bool(self.unspelled.any()):
             return self
         clip = torch.repeat_interleave(torch.arange(len(self.token_lengths), device=self.tokens.device),
                                        self.token_lengths.to(self.tokens.device))  # (tokens,) clip of each
-        words = torch.bincount(clip[~self.is_tag], minlength=len(self.token_lengths))  # (N,)
-        return dataclasses.replace(self, tokens=self.tokens[~self.is_tag], token_lengths=words.to(self.token_lengths),
-                                   is_tag=torch.zeros_like(self.is_tag[~self.is_tag]))
+        words = torch.bincount(clip[~self.unspelled], minlength=len(self.token_lengths))  # (N,)
+        spelled = ~self.unspelled
+        return dataclasses.replace(self, tokens=self.tokens[spelled], token_lengths=words.to(self.token_lengths),
+                                   unspelled=torch.zeros_like(self.unspelled[spelled]))
 
 
 def bridge_targets(records: list[Record], tokenizer, pack_layouts: Tensor | None = None) -> BridgeTargets | None:

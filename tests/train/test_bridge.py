@@ -42,7 +42,7 @@ def test_words_only_targets_drop_each_clips_cue_tags(asr_samples):
     assert words.token_lengths.tolist() == [len(row) for row in expected]
     assert words.tokens.tolist() == [i for row in expected for i in row]
     tags = [len(model.tokenizer(cue_tags(r), add_special_tokens=False)["input_ids"]) for r in records]
-    assert int(targets.is_tag.sum()) == sum(tags) and all(n == 4 for n in tags)  # one token per cue tag
+    assert int(targets.unspelled.sum()) == sum(tags) and all(n == 4 for n in tags)  # one token per cue tag
     logits = {name: torch.zeros(3, len(LABEL_SETS[name])) for name in targets.cues}
     logits["gender"][torch.arange(3), targets.cues["gender"]] = 20.0  # a sure, right gender classifier
     losses = cue_frame_losses(logits, targets)
@@ -252,7 +252,7 @@ def test_bridge_targets_follow_each_clips_pack_layout(asr_samples):
     canonical = model.tokenizer(cue_tags(record), add_special_tokens=False)["input_ids"]  # CUE_FIELDS order
     targets = bridge_targets([record], model.tokenizer, torch.tensor([[3, 2, WORDS_BLOCK, 1, 0]]))
     assert targets.tokens.tolist() == canonical[3:1:-1] + words + canonical[1::-1]
-    assert targets.is_tag.tolist() == [True] * 2 + [False] * len(words) + [True] * 2
+    assert targets.unspelled.tolist() == [True] * 2 + [False] * len(words) + [True] * 2
     spelled = targets.words_only()
     assert spelled.tokens.tolist() == words and spelled.token_lengths.tolist() == [len(words)]
 
@@ -301,4 +301,4 @@ def test_the_mini_pack_starts_with_the_answer_so_that_copying_answers(smoke_corp
         targets = bridge_targets([record], model.tokenizer, layout)
         ids = model.tokenizer(answer + IM_END, add_special_tokens=False)["input_ids"]
         assert targets.tokens[:len(ids)].tolist() == ids, (task, answer)
-        assert int(targets.is_tag.sum()) == len(CUE_FIELDS) + 1  # the tags and the end are not spelled
+        assert int(targets.unspelled.sum()) == len(CUE_FIELDS) + 1  # the tags and the end are not spelled
