@@ -134,13 +134,13 @@ UNDERSTANDING_MIX = (("asr", 2.0), ("asrp", 2.0), ("only_p", 1.0))
 DICTATION_MIX = (("text_lm", 1.0), ("asr", 2.0), ("asrp", 1.0), ("only_p", 1.0))
 
 
-
 def rehearsal(weight: float) -> tuple[tuple[str, float], ...]:
-    """The understanding tasks at ``weight`` beside a speech-output phase's tasks. Why: trained on speech
-    output alone (stage 2), the LLM forgot them: after stage 2 ASR CER 1.35 / 1.41 and not one cue tag
-    (0.00); with a third of phase 1 and a quarter of phase 2 age, gender, event 0.93-1.00, emotion 0.90 /
-    0.73, ASR CER 0.65 / 0.36 (docs/hearing.md §15, seed 0, seen / unseen)."""
-    return (("asr", 0.4 * weight), ("asrp", 0.4 * weight), ("only_p", 0.2 * weight))
+    """Stage 1's mix of the understanding tasks at total ``weight``, beside a speech-output phase's tasks.
+    Why: trained on speech output alone (stage 2), the LLM forgot them: after stage 2 ASR CER 1.35 / 1.41
+    and not one cue tag (0.00); with a third of phase 1 and a quarter of phase 2 age, gender, event
+    0.93-1.00, emotion 0.90 / 0.73, ASR CER 0.65 / 0.36 (docs/hearing.md §15, seed 0, seen / unseen)."""
+    total = sum(w for _, w in UNDERSTANDING_MIX)
+    return tuple((fam, weight * w / total) for fam, w in UNDERSTANDING_MIX)
 
 
 def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
@@ -153,10 +153,10 @@ def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
                                    Phase((("s2s", 2.0), ("s2t", 1.0), ("tts", 1.0), ("t2t", 0.5),
                                           ("s2s_history", 0.3), *rehearsal(1.5)), steps(300))),
                     _lr(adapter=1.0, llm=1.0, speech_embedding=1.0, speech_head=1.0), lr=1e-3),
-        # Stage 3 at 600 steps: at 300 the think parsed on 0.38-0.83 and its fields read 0.05-0.68; at 600
-        # 0.75-0.90 and 0.33-0.90 (docs/hearing.md §15, E90, two seeds).
+        # Stage 3 at 900 steps: at 300 the think parsed on 0.38-0.83 and its fields read 0.05-0.68, at 600
+        # 0.75-0.90 and 0.33-0.90, at 900 0.88-0.98 and 0.65-0.95 (docs/hearing.md §15, E90, E93, two seeds).
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
-                                      steps(600)),),
+                                      steps(900)),),
                     _lr(adapter=1.0, llm=1.0, speech_embedding=1.0, speech_head=1.0),
                     lr=5e-4, think=think),
     )
