@@ -81,8 +81,8 @@ class BridgeTargets:
             return self
         clip = torch.repeat_interleave(torch.arange(len(self.token_lengths), device=self.tokens.device),
                                        self.token_lengths.to(self.tokens.device))  # (tokens,) clip of each
-        words = torch.bincount(clip[~self.unspelled], minlength=len(self.token_lengths))  # (N,)
         spelled = ~self.unspelled
+        words = torch.bincount(clip[spelled], minlength=len(self.token_lengths))  # (N,)
         return dataclasses.replace(self, tokens=self.tokens[spelled], token_lengths=words.to(self.token_lengths),
                                    unspelled=torch.zeros_like(self.unspelled[spelled]))
 
@@ -100,13 +100,13 @@ def bridge_targets(records: list[Record], tokenizer, pack_layouts: Tensor | None
     chars = [[CHARS.index(c) for c in r.extra["q_txt"].lower() if c in CHARS] for r in records]
     return BridgeTargets(_flat([ids for ids, _ in rows]), torch.tensor([len(ids) for ids, _ in rows]), cues,
                          _flat(chars), torch.tensor([len(row) for row in chars]),
-                         torch.tensor([tag for _, tags in rows for tag in tags], dtype=torch.bool))
+                         torch.tensor([flag for _, flags in rows for flag in flags], dtype=torch.bool))
 
 
 def _pack_tokens(record: Record, tokenizer, layout: list[int] | None) -> tuple[list[int], list[bool]]:
     """A clip's token ids in its pack ``layout`` (default: the transcript, then CUE_FIELDS order), and
     which of them are cue tags or the answer's end (the text EOS, for END_BLOCK)."""
-    ids, tags = [], []
+    ids, unspelled = [], []
     for block in layout if layout is not None else PLAIN_PACK_LAYOUT:
         if block == END_BLOCK:
             piece = [tokenizer.convert_tokens_to_ids(IM_END)]
@@ -114,8 +114,8 @@ def _pack_tokens(record: Record, tokenizer, layout: list[int] | None) -> tuple[l
             text = record.extra["q_txt"] if block == WORDS_BLOCK else cue_tags(record, [block])
             piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
-        tags += [block != WORDS_BLOCK] * len(piece)
-    return ids, tags
+        unspelled += [block != WORDS_BLOCK] * len(piece)
+    return ids, unspelled
 
 
 def shuffled_words(record: Record, rng: random.Random) -> Record:
