@@ -33,6 +33,20 @@ def test_a_frozen_encoder_is_run_once_per_clip_and_corpus(smoke_corpus, tmp_path
     assert cache.path.exists() and len(cache.frames) > 0
 
 
+def test_the_adapter_keeps_what_stage_1_taught_it_through_stages_2_and_3(smoke_corpus, tmp_path):
+    """Stages 2 and 3 move the LLM but not one adapter weight (its cue classifiers have no loss of their
+    own there, see echat.train.recipes)."""
+    finals = {}
+    for name in ("understanding", "generation", "empathy"):
+        finals[name] = train_stage(stage("smoke", name, max_steps=2), smoke_corpus, tmp_path / name, "smoke",
+                                   init=finals.get("understanding" if name == "generation" else "generation"),
+                                   progress=False)
+    before, after = (load_file(str(finals[name] / WEIGHTS)) for name in ("understanding", "empathy"))
+    adapter = [k for k in before if k.startswith("adapter.")]
+    assert adapter and all((before[k] == after[k]).all() for k in adapter)
+    assert not (before["llm.lm_head.weight"] == after["llm.lm_head.weight"]).all()
+
+
 def test_hearing_history_plots_whatever_the_stage_logged(tmp_path):
     from echat.train.plots import plot_hearing_history
 
