@@ -147,7 +147,7 @@ def rehearsal(weight: float) -> tuple[tuple[str, float], ...]:
 # Why: its cue classifiers have no loss of their own after stage 1, and trained through the LLM alone they
 # lost what they heard (seed 1, emotion 0.90 / 0.88 after stage 1, 0.73 / 0.68 after stage 2), and the LLM
 # copies them (docs/hearing.md §16, E95). The paper's generation stage trains the adapter too
-# (:mod:`echat.train.stages`); the released checkpoints' adapter has been through Whisper-scale training.
+# (:mod:`echat.train.stages`).
 _SPEECH_AND_LLM = _lr(llm=1.0, speech_embedding=1.0, speech_head=1.0)
 
 
@@ -166,9 +166,9 @@ def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
                     _SPEECH_AND_LLM, lr=1e-3),
         # Stage 3 at 1,200 steps: every 300 more has helped the think and the reply emotion on both seeds
         # (docs/hearing.md §15-§16, E90, E93, E100); at 900 with the adapter kept the think parsed on
-        # 0.83-0.93 and the reply emotion was 0.78-0.88, at 1,200 0.88-0.98 and 0.85-0.93. Its learning rate
-        # was measured both ways on seed 0: at 1e-3 the think parsed on 0.18-0.30, with the rate falling to
-        # zero (cosine) on 0.75-0.80 (E97, E98).
+        # 0.83-0.93 and the reply emotion was 0.78-0.88, at 1,200 0.88-0.98 and 0.85-0.93 (in one whole-recipe
+        # run 0.90-0.93 and 0.83-0.88). Its learning rate was measured both ways on seed 0: at 1e-3 the think
+        # parsed on 0.18-0.30, with the rate falling to zero (cosine) on 0.75-0.80 (E97, E98).
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
                                       steps(1200)),),
                     _SPEECH_AND_LLM,

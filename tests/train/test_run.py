@@ -36,11 +36,10 @@ def test_a_frozen_encoder_is_run_once_per_clip_and_corpus(smoke_corpus, tmp_path
 def test_the_adapter_keeps_what_stage_1_taught_it_through_stages_2_and_3(smoke_corpus, tmp_path):
     """Stages 2 and 3 move the LLM but not one adapter weight (its cue classifiers have no loss of their
     own there, see echat.train.recipes)."""
-    finals = {}
-    for name in ("understanding", "generation", "empathy"):
-        finals[name] = train_stage(stage("smoke", name, max_steps=2), smoke_corpus, tmp_path / name, "smoke",
-                                   init=finals.get("understanding" if name == "generation" else "generation"),
-                                   progress=False)
+    finals, init = {}, None
+    for name in ("understanding", "generation", "empathy"):  # each stage from the one before it
+        finals[name] = init = train_stage(stage("smoke", name, max_steps=2), smoke_corpus, tmp_path / name,
+                                          "smoke", init=init, progress=False)
     before, after = (load_file(str(finals[name] / WEIGHTS)) for name in ("understanding", "empathy"))
     adapter = [k for k in before if k.startswith("adapter.")]
     assert adapter and all((before[k] == after[k]).all() for k in adapter)
