@@ -105,7 +105,7 @@ class Trainer:
     """Runs one :class:`StageRecipe` on a model and a list of training samples."""
 
     def __init__(self, model, recipe: StageRecipe, samples: list[Sample], out: str | Path,
-                 dev: list[Sample] | None = None, eval_every: int = 250, save_every: int = 200, keep: int = 2,
+                 dev: list[Sample] | None = None, eval_every: int | None = None, save_every: int = 200, keep: int = 2,
                  accelerator: Accelerator | None = None, progress: bool = True,
                  encoder_cache: EncoderCache | None = None):
         self.model, self.recipe, self.out = model, recipe, Path(out)
@@ -114,7 +114,8 @@ class Trainer:
         self.audio = {s.record.key: s for s in [*samples, *(dev or [])]}
         self.words = corpus_words([s.record for s in samples])  # what random-word dictation draws from
         self.dev_pool = RecordPool.from_records([s.record for s in dev or []])
-        self.eval_every, self.save_every, self.keep = eval_every, save_every, keep
+        self.eval_every = recipe.eval_every if eval_every is None else eval_every  # None: the recipe's
+        self.save_every, self.keep = save_every, keep
         self.progress = progress
         cuda = torch.cuda.is_available()
         # find_unused_parameters: under DDP a batch may leave a trained module unused (no speech_head for
@@ -281,7 +282,8 @@ class Trainer:
     def _after_step(self) -> None:
         step = self.state.step
         if self.dev_pool.by_family and self.eval_every and step % self.eval_every == 0:
-            self.evaluate()
+            with torch.random.fork_rng(devices=[]):  # the evaluation draws nothing from the training's stream
+                self.evaluate()
         if self.save_every and step % self.save_every == 0 and step < self.recipe.max_steps:
             self.save()
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+import torch
 from safetensors.torch import load_file
 
 from echat.models.checkpoint import WEIGHTS
@@ -44,6 +48,23 @@ def test_the_adapter_keeps_what_stage_1_taught_it_through_stages_2_and_3(smoke_c
     adapter = [k for k in before if k.startswith("adapter.")]
     assert adapter and all((before[k] == after[k]).all() for k in adapter)
     assert not (before["llm.lm_head.weight"] == after["llm.lm_head.weight"]).all()
+
+
+@pytest.mark.parametrize("name", ["text", "understanding", "empathy"])
+def test_the_dev_evaluations_change_no_weight(smoke_corpus, tmp_path, name):
+    """A stage evaluated after every step (dev loss, decodes, the hearing figures) ends with the same weights
+    as one never evaluated: how often a recipe evaluates decides only its time (recipes._EVAL_EVERY)."""
+    cut = stage("smoke", name, max_steps=3)
+    init = None
+    if name == "empathy":
+        init = train_stage(stage("smoke", "generation", max_steps=2), smoke_corpus, tmp_path / "g", "smoke",
+                           progress=False)
+    finals = {every: train_stage(cut, smoke_corpus, tmp_path / f"e{every}", "smoke", init=init, progress=False,
+                                 seed=1, eval_every=every) for every in (1, 0)}
+    evaluated = [json.loads(line) for line in (tmp_path / "e1" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("dev_loss" in record for record in evaluated) == 3
+    watched, unwatched = (load_file(str(finals[every] / WEIGHTS)) for every in (1, 0))
+    assert all(torch.equal(watched[k], unwatched[k]) for k in watched)
 
 
 def test_hearing_history_plots_whatever_the_stage_logged(tmp_path):
