@@ -74,7 +74,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from pathlib import Path
 
-    from echat.eval.stage_eval import evaluate, load_model, render, save_report
+    from echat.eval.report import render, save_report
+    from echat.eval.stage_eval import evaluate, load_model
     from echat.models.checkpoint import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run)
@@ -103,7 +104,7 @@ def cmd_eval(args) -> int:
         if not args.stages:
             return 0
     if "probe" in args.stages:
-        from echat.train.bridge import probe_run, render_probe
+        from echat.eval.probe import probe_run, render_probe
 
         print(render_probe(probe_run(args.run, args.data, args.split, args.limit)))
         args.stages = [s for s in args.stages if s != "probe"]
@@ -119,7 +120,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_layout(args) -> int:
-    from echat.models.checkpoint import reference_layout
+    from echat.models.echat import reference_layout
 
     for line in reference_layout(args.preset):
         print(line)

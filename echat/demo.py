@@ -235,7 +235,8 @@ def find_or_evaluate(run: StageRun, corpus: str | Path, eval_stage: str, think: 
     """The ``stage_eval`` report of one stage (``understanding``, ``generation`` or ``empathy``) of
     ``run``'s final checkpoint on the test split: read from :func:`evaluation_folder` when it is newer
     than the checkpoint, else evaluated now and saved there (``eval.json`` + confusion-matrix PNGs)."""
-    from echat.eval.stage_eval import evaluate, load_model, save_report
+    from echat.eval.report import save_report
+    from echat.eval.stage_eval import evaluate, load_model
 
     folder = evaluation_folder(run, eval_stage, think, limit)
     saved = folder / "eval.json"
@@ -368,8 +369,8 @@ def evaluate_stages(run_dir: Path, preset: str, corpus: Path, limit: int | None)
 
 def probe_understanding(run_dir: Path, preset: str, corpus: Path, limit: int | None) -> dict | None:
     """What the understanding stage's encoder carries, read by its bridge heads
-    (:func:`echat.train.bridge.probe_run`); None when that stage trained no bridge."""
-    from echat.train.bridge import probe_run
+    (:func:`echat.eval.probe.probe_run`); None when that stage trained no bridge."""
+    from echat.eval.probe import probe_run
 
     run = planned_runs(run_dir, recipe_name(preset), "understanding")[0]
     if not run.done:
@@ -397,7 +398,7 @@ HEADLINES = {  # stage_eval stage -> the scores of a subset that figures.json ke
 
 def headline_scores(report: dict) -> dict:
     """The headline scores of a one-stage report, per subset: items, the stage's scores, a skip reason."""
-    from echat.eval.stage_eval import dig
+    from echat.eval.report import dig
 
     stage = report["stages"][0]
     out = {}
@@ -444,7 +445,7 @@ def collect_figures(run_dir: Path, preset: str, corpus: Path, timings: dict, rep
 
 def figures_markdown(figures: dict, reports: dict, run_dir: Path) -> str:
     """``figures.md``: the figures as readable tables, with links to the loss curves and evaluations."""
-    from echat.eval.stage_eval import format_cell, render
+    from echat.eval.report import format_cell, render
 
     m, c = figures["machine"], figures["corpus"]
     lines = [f"# echat demo: preset {figures['preset']}, recipe {figures['recipe']}", "",
@@ -467,7 +468,7 @@ def figures_markdown(figures: dict, reports: dict, run_dir: Path) -> str:
                   f"Report and plots: [{rel}]({rel}/eval.json)",
                   "", "```text", render(report), "```", ""]
     if figures.get("bridge_probe"):
-        from echat.train.bridge import render_probe
+        from echat.eval.probe import render_probe
 
         lines += ["### probe: what the stage-1 encoder carries, read by its bridge heads (not by the LLM)", "",
                   "```text", render_probe(figures["bridge_probe"]), "```", ""]
@@ -537,7 +538,7 @@ def run_demo(preset: str, out: str | Path, limit: int | None = None, only: Seque
 
 def summary(figures: dict, out: Path) -> str:
     """The figures in a few lines, and where to look."""
-    from echat.eval.stage_eval import format_cell
+    from echat.eval.report import format_cell
 
     lines = [f"training ({figures['recipe']} recipe):"]
     lines += [f"  {s['stage']:14} {s['steps']:5} steps  {format_cell(s['seconds'], 1):>8} s  final train loss "

@@ -544,7 +544,7 @@ def confusion_grid(report: dict, columns: int = 4, panel: float = 4.2):
     from matplotlib.figure import Figure
 
     from echat.eval.metrics import plot_confusion
-    from echat.eval.stage_eval import confusion_tables
+    from echat.eval.report import confusion_tables
 
     tables = confusion_tables(report)
     per_subset = max(1, max((sum(t[0] == s for t in tables) for s in report["subsets"]), default=1))

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from echat.config import preset, whisper_base_encoder
+from echat.data.pipeline import load_split
 from echat.eval.hearing import (
     ASRP_TASK,
     ONLY_P_FIELD_TASKS,
@@ -36,7 +37,7 @@ from echat.eval.hearing import (
 )
 from echat.models.echat import EChat
 from echat.train.recipes import Phase, StageRecipe, _lr
-from echat.train.run import init_encoder, load_split
+from echat.train.run import init_encoder
 from echat.train.trainer import Trainer
 
 CLIPS = 16

@@ -1,10 +1,9 @@
 """From samples to model batches: features, one flat right-padded sequence per sample, dynamic batching.
 
 Design choices:
-- Every sample becomes ONE flat sequence built from :func:`echat.prompts.build_layout` (the same
-  layout generation uses): ``ids`` (B, L) with a ``stream`` code per position saying which table
-  embeds it (text / speech / encoder frame), and ``labels`` (B, L) in the combined text+speech class
-  space (speech id ``s`` -> ``text_vocab + s``), ``-100`` outside the loss. No pads between segments.
+- Every sample becomes ONE flat sequence: its layout (:func:`echat.prompts.build_layout`, the same
+  layout generation uses) encoded by :class:`echat.sequence.SequenceEncoder` into ``ids``, ``stream``
+  and ``labels`` (B, L). No pads between segments.
 - Audio clips of a batch (the current turn and any history) are stacked in order of appearance in
   ``feats`` (N, T, 80); the model fills the ``AUDIO`` positions of each row with them in that order.
 - Batches are homogeneous per output type; every bucket's leftovers are flushed at the end.
@@ -25,7 +24,7 @@ import torch
 
 from echat.audio import AudioError, load_audio, log_mel
 from echat.config import EChatConfig
-from echat.data.schema import Record
+from echat.data.schema import Record, read_manifest
 from echat.prompts import (
     Cues,
     Segment,
@@ -35,7 +34,8 @@ from echat.prompts import (
     effective_output_type,
     instruction_prompts,
 )
-from echat.tokens import IGNORE_INDEX, OutputType, SpecialIds, Stream, pack_layout, plain_pack_layout
+from echat.sequence import SequenceEncoder, clip_pack_layouts
+from echat.tokens import IGNORE_INDEX, OutputType, Stream
 
 
 @dataclass
@@ -140,6 +140,32 @@ def load_samples(records: Iterable[Record], base_dir: str | Path, config: EChatC
         yield Sample(record, clip, history)
 
 
+def load_split(corpus: str | Path, split: str, config) -> list[Sample]:
+    """Decoded samples of a corpus split; unusable ones are skipped and the summary printed."""
+    corpus = Path(corpus)
+    if not (corpus / f"{split}.jsonl").exists():
+        raise FileNotFoundError(f"{corpus}: no {split}.jsonl (build one with `echat data mini --out {corpus}`)")
+    skipped = SkipSummary()
+    samples = list(load_samples(read_manifest(corpus / f"{split}.jsonl", codebook_size=config.speech.codebook_size),
+                                corpus, config, skipped))
+    if skipped.total:
+        print(skipped.render())
+    if not samples:
+        raise ValueError(f"{corpus / (split + '.jsonl')}: no usable samples")
+    return samples
+
+
+def check_corpus(corpus: str | Path) -> Path:
+    """A corpus folder with the files training reads, or one clear error."""
+    corpus = Path(corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"{corpus}: no such data folder (build one with `echat data mini --out {corpus}`)")
+    for name in ("train.jsonl", "dev.jsonl", "text_tokenizer"):
+        if not (corpus / name).exists():
+            raise FileNotFoundError(f"{corpus}: no {name} (build the corpus with `echat data mini --out {corpus}`)")
+    return corpus
+
+
 def _load(wav: str | None, record: Record, base_dir, config: EChatConfig) -> np.ndarray:
     if not wav:
         raise AudioError(f"record {record.key} has no wav")
@@ -168,21 +194,14 @@ def spec_augment(feats: torch.Tensor, config: EChatConfig, gen: torch.Generator)
 # ----------------------------------------------------------------------------------------------
 
 
-class SampleEncoder:
+class SampleEncoder(SequenceEncoder):
     """Turns a :class:`Sample` into an :class:`Example` for one model (config + tokenizer + think mode)."""
 
     def __init__(self, config: EChatConfig, tokenizer, think: str = "none",
                  instructions: dict | None = None, text_lm: bool = False):
-        self.config = config
-        # stage 0: every text position of a text-only sample is a target (plain language modelling of the
-        # corpus text); a sample with audio keeps its answer as the only target, which the LLM must learn to
-        # read from the audio (whole-text targets there drowned the only-P answers: docs/hearing.md E68)
-        self.text_lm = text_lm
-        self.tokenizer = tokenizer
+        super().__init__(config, tokenizer, text_lm)
         self.think = think
-        self.ids = SpecialIds.build(config, tokenizer)
         self.instructions = instructions
-        self._cache: dict[str, list[int]] = {}
         self._feats: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # log-mel per decoded clip (by array identity)
 
     def layout(self, record: Record, rng: random.Random) -> tuple[OutputType, list[Segment]]:
@@ -225,59 +244,10 @@ class SampleEncoder:
             self._feats[key] = (clip, log_mel(clip))  # keep the array alive so its id stays unique
         return self._feats[key][1]
 
-    def sequence(self, segments: list[Segment], feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Flat ``ids``, ``stream`` and ``labels`` (each (L,)) of a layout; ``feats`` are its clips."""
-        ids, stream, labels = [], [], []
-        for seg in segments:
-            seg_ids, seg_stream = self._segment(seg, feats)
-            ids += seg_ids
-            stream += seg_stream
-            labels += self._labels(seg, seg_ids, whole_text=self.text_lm and not feats)
-        return tuple(torch.tensor(xs, dtype=torch.long) for xs in (ids, stream, labels))
-
-    def _segment(self, seg: Segment, feats: list[torch.Tensor]) -> tuple[list[int], list[int]]:
-        if seg.kind == "text":
-            ids = self.text_ids(seg.text)
-            return ids, [Stream.TEXT] * len(ids)
-        if seg.kind == "speech":
-            return list(seg.tokens), [Stream.SPEECH] * len(seg.tokens)
-        n = self.config.llm_positions(feats[seg.clip].shape[0])
-        ids = [self.ids.audio_bos] + [0] * n + [self.ids.audio_eos]
-        return ids, [Stream.SPEECH] + [Stream.AUDIO] * n + [Stream.SPEECH]
-
-    def _labels(self, seg: Segment, ids: list[int], whole_text: bool) -> list[int]:
-        if not seg.loss and not (whole_text and seg.kind == "text"):
-            return [IGNORE_INDEX] * len(ids)
-        if seg.kind == "speech":
-            return [self.ids.text_vocab + s for s in ids]
-        return [IGNORE_INDEX if i == self.ids.unknown else i for i in ids]
-
-    def text_ids(self, text: str) -> list[int]:
-        """Token ids of a text segment (cached: system prompts and headers repeat)."""
-        if text not in self._cache:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[text] = ids
-        return list(self._cache[text])
-
 
 # ----------------------------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------------------------
-
-
-def clip_pack_layouts(config: EChatConfig, task: str, kind: OutputType, clips: int) -> list[tuple[int, ...]]:
-    """The token-pack layout of each of ``clips`` clips of a ``task`` sample (the current clip last): the
-    answer's order with ``AdapterConfig.task_ordered_cues`` (:func:`echat.tokens.pack_layout`), otherwise,
-    and for history clips, the transcript then the cue frames in CUE_FIELDS order; each with the answer's
-    end frame under ``AdapterConfig.end_frame``."""
-    if not clips:
-        return []
-    end = config.adapter.end_frame
-    plain = plain_pack_layout(end)
-    current = pack_layout(task, kind.thinks, end) if config.adapter.task_ordered_cues else plain
-    return [plain] * (clips - 1) + [current]
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:

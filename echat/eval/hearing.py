@@ -42,12 +42,21 @@ from pathlib import Path
 
 import torch
 
+from echat.audio import log_mel_batch
 from echat.config import GenerationOptions
-from echat.data.pipeline import DataPipeline, Sample
+from echat.data.pipeline import DataPipeline, Sample, load_split
 from echat.eval.metrics import cer, pick_label, split_asr_output
+from echat.eval.probe import probe
+from echat.eval.report import format_cell
+from echat.eval.stage_eval import load_model
 from echat.models.adapter import TOKEN_OUTPUTS, ctc_path
+from echat.models.checkpoint import latest_trainer_checkpoint
 from echat.models.encoder import EncoderCache, mean_frame
+from echat.models.generate import generate
+from echat.models.heads import load_heads
 from echat.tokens import CUE_FIELDS, FIELD_OF_TASK_TAG, LABEL_SETS, TRANSCRIBE, canonical_label
+from echat.train.bridge import bridge_targets, cue_tags, dictation_for
+from echat.train.plots import plot_hearing
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
 ASRP_FIELDS = (("emotion", "q_emotion"), ("age", "age"), ("gender", "gender"))  # task order
@@ -125,8 +134,6 @@ def teacher_forced(model, samples: list[Sample], dictated: bool = False) -> Forc
     """Teacher-forced predictions of every answer token of ``samples`` (batched, no augmentation).
     ``dictated``: the LLM reads exact dictation frames of each clip's transcript and tags
     (:func:`echat.train.bridge.dictation_for`) instead of the audio — can it copy what it is shown?"""
-    from echat.train.bridge import bridge_targets, dictation_for
-
     by_key: dict[str, tuple[list[int], list[int]]] = {}
     records = {s.record.key: s.record for s in samples}
     pipe = DataPipeline(model.config, model.tokenizer, train=False)
@@ -168,8 +175,6 @@ def tag_tokens(model) -> int:
 def greedy_transcripts(model, samples: list[Sample], dictated: bool = False) -> list[str]:
     """Greedy ASR transcripts of the clips (any tags dropped). ``dictated``: the LLM reads exact
     dictation frames of each clip instead of the audio (the LLM's copying alone, as greedy CER)."""
-    from echat.models.generate import generate
-
     out = []
     for sample in samples:
         with dictating(model, sample.record) if dictated else contextlib.nullcontext():
@@ -182,8 +187,6 @@ def greedy_transcripts(model, samples: list[Sample], dictated: bool = False) -> 
 def dictating(model, record):
     """Within the block, ``model`` reads the dictation frames of ``record``'s transcript and tags
     (:func:`echat.train.bridge.dictation_for`) wherever it would read a clip's adapter frames."""
-    from echat.train.bridge import bridge_targets, dictation_for
-
     def dictated(feats, lengths, pack_layouts=None):
         return dictation_for(model, lengths, bridge_targets([record], model.tokenizer, pack_layouts).to(model.device))
 
@@ -197,8 +200,6 @@ def dictating(model, record):
 @torch.no_grad()
 def frame_cosine(model, samples: list[Sample]) -> float:
     """Mean cosine between the mean adapter frames of different clips (1.0: the LLM reads one vector)."""
-    from echat.audio import log_mel_batch
-
     feats, lengths = log_mel_batch([s.audio for s in samples])
     clips = model.encode_clips(feats.to(model.device), lengths.to(model.device))
     means = torch.nn.functional.normalize(mean_frame(clips.embeddings, clips.lengths).float(), dim=-1)  # (N, H)
@@ -214,8 +215,6 @@ def adapter_reading(model, samples: list[Sample]) -> dict:
     the transcript and cue tags, and
     ``adapter_<field>_accuracy``, the share of clips whose spelled tags hold the right label of each cue
     field. Empty for other adapters."""
-    from echat.train.bridge import cue_tags
-
     if model.adapter.output not in TOKEN_OUTPUTS:
         return {}
     refs, hyps, hits = [], [], Counter()
@@ -333,8 +332,6 @@ def _hearing_report(model, sets: dict[str, list[Sample]], heads, greedy: bool) -
                 copied = greedy_transcripts(model, samples, dictated=True)
                 row["dictation_greedy_cer"] = cer([s.record.extra["q_txt"] for s in samples], copied)
         if heads is not None:
-            from echat.train.bridge import probe
-
             probed = probe(model, heads, samples)
             row.update(probe_cer=probed["char_cer"],
                        **{f"probe_{k}": v for k, v in probed.items() if k.endswith("_accuracy")})
@@ -345,9 +342,6 @@ def _hearing_report(model, sets: dict[str, list[Sample]], heads, greedy: bool) -
 def hearing_run(run: str | Path, corpus: str | Path, size: int = 32, greedy: bool = True) -> dict:
     """:func:`hearing_report` of a run's newest checkpoint on ``corpus`` (train and test splits), with
     the encoder probe when the run trained bridge heads."""
-    from echat.eval.stage_eval import load_model
-    from echat.train.run import load_split
-
     model = load_model(run)
     heads = _heads(run, model.config)
     sets = hearing_sets(load_split(corpus, "train", model.config), load_split(corpus, "test", model.config), size)
@@ -359,9 +353,6 @@ def hearing_run(run: str | Path, corpus: str | Path, size: int = 32, greedy: boo
 
 
 def _heads(run, config):
-    from echat.train.bridge import load_heads
-    from echat.train.trainer import latest_trainer_checkpoint
-
     try:
         return load_heads(latest_trainer_checkpoint(run), config)
     except (FileNotFoundError, ValueError):
@@ -379,8 +370,6 @@ ROWS = ("clips", "asr_first_token", "asr_first_token_guess", "asr_all_tokens", "
 
 def render_hearing(report: dict) -> str:
     """The report as a table: one row per figure, one column per set."""
-    from echat.eval.stage_eval import format_cell
-
     sets = report["sets"]
     lines = [f"hearing test ({report.get('run', 'model')}): ASR {report['tasks']['asr']}, "
              f"ASR+P {report['tasks']['asrp']}", f"{'':24}" + "".join(f"{name:>10}" for name in sets)]
@@ -394,8 +383,6 @@ def render_hearing(report: dict) -> str:
 
 def save_hearing(report: dict, out_dir: str | Path) -> list[Path]:
     """``hearing.json`` and ``hearing.png`` (bars per set: first token and tags against their guesses)."""
-    from echat.train.plots import plot_hearing
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "hearing.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -112,8 +112,8 @@ def ladder_report(model, samples: list[Sample], steps: int = 200, progress: bool
 
 def ladder_run(run: str | Path, corpus: str | Path, size: int = 32, steps: int = 200) -> dict:
     """:func:`ladder_report` of a run's newest checkpoint on the first ``size`` training clips of ``corpus``."""
+    from echat.data.pipeline import load_split
     from echat.eval.stage_eval import load_model
-    from echat.train.run import load_split
 
     model = load_model(run)
     model.encoder_cache = EncoderCache.beside(corpus, model.encoder)

@@ -7,7 +7,8 @@ Design choices:
 - Reference files are read with ``torch.load(weights_only=True)`` (no pickle code runs) and
   memory-mapped; the model is built on the meta device and the loaded tensors are assigned, so a
   3.5 B checkpoint is never held twice. Every key and every shape is checked before anything loads.
-- ``reference_layout`` renders the released key layout of a preset from a meta-device model.
+- This module reads and writes files only; :class:`~echat.models.echat.EChat` builds the model
+  (``from_preset``, ``from_checkpoint``, ``from_reference_checkpoint``) with these helpers.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from echat.config import EChatConfig, preset
-from echat.models.echat import EChat
-from echat.models.reference_keys import from_reference_state_dict, layout_lines, reference_state_dict
+from echat.config import EChatConfig
+from echat.models.reference_keys import from_reference_state_dict, reference_state_dict
+from echat.prompts import prompt_texts
+from echat.text_tokenizer import build_mini_tokenizer, has_tokenizer_files, load_text_tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 FINAL, LATEST = "final", "latest"  # run-folder names written by echat train
+CHECKPOINTS = "ckpt"  # a run's step checkpoints: ckpt/step_N (model + trainer_state.pt), ckpt/latest
 
 
 class CheckpointError(ValueError):
@@ -44,27 +47,12 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 def default_tokenizer(config: EChatConfig):
     """Qwen2.5 for the full world; for the mini world a BPE trained on the built-in prompt texts
     (a real corpus-trained tokenizer comes with a trained checkpoint)."""
-    from echat.text_tokenizer import build_mini_tokenizer, load_text_tokenizer
-
     if config.text.tokenizer == "qwen2.5":
         return load_text_tokenizer(config)
-    from echat.prompts import prompt_texts
-
     return build_mini_tokenizer(prompt_texts("mini"), vocab_size=config.text.bpe_vocab_size)
 
 
-def model_from_preset(name: str | EChatConfig, device="cpu", tokenizer=None) -> EChat:
-    """A randomly initialised model of a preset (or config), with a tokenizer, on ``device``."""
-    config = preset(name) if isinstance(name, str) else name
-    model = EChat(config, tokenizer if tokenizer is not None else default_tokenizer(config))
-    if config.llm.lora.enabled:
-        from echat.train.stages import add_lora
-
-        add_lora(model)
-    return model.to(device=device, dtype=default_dtype(device))
-
-
-def save_checkpoint(model: EChat, folder: str | os.PathLike) -> Path:
+def save_checkpoint(model, folder: str | os.PathLike) -> Path:
     """Write ``folder`` atomically (temporary sibling folder, then rename)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -88,28 +76,26 @@ def save_checkpoint(model: EChat, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_checkpoint(folder: str | os.PathLike, device="cpu") -> EChat:
-    """Load a folder written by :func:`save_checkpoint`."""
-    from echat.text_tokenizer import has_tokenizer_files, load_tokenizer
-
+def read_checkpoint(folder: str | os.PathLike) -> tuple[EChatConfig, object]:
+    """The config and tokenizer (None when the folder has no tokenizer files) of a folder written by
+    :func:`save_checkpoint`; :class:`CheckpointError` when it is not one."""
     folder = Path(folder)
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: not an echat checkpoint (no {name})")
     config = EChatConfig.load(folder / CONFIG)
-    tokenizer = load_tokenizer(folder) if has_tokenizer_files(folder) else None
-    model = EChat(config, tokenizer)
-    if config.llm.lora.enabled:
-        from echat.train.stages import add_lora
+    return config, load_tokenizer(folder) if has_tokenizer_files(folder) else None
 
-        add_lora(model)
+
+def load_weights(model, folder: str | os.PathLike) -> None:
+    """Load ``folder/model.safetensors`` into ``model``, every key present on both sides."""
+    path = Path(folder) / WEIGHTS
     try:
-        missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=False)
+        missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as err:  # safetensors raises several types for corrupt or mismatched files
-        raise CheckpointError(f"{folder / WEIGHTS}: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: {str(err).splitlines()[0]}") from None
     if missing or unexpected:
-        raise CheckpointError(f"{folder / WEIGHTS}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    return model.to(device=device, dtype=default_dtype(device))
+        raise CheckpointError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -146,6 +132,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return max(found, key=lambda folder: (folder / WEIGHTS).stat().st_mtime)
 
 
+def latest_trainer_checkpoint(run: str | Path) -> Path:
+    """The newest checkpoint of a run that holds a trainer state (``run/ckpt/step_N``, or ``run`` itself)."""
+    run = Path(run)
+    if (run / "trainer_state.pt").exists():
+        return run
+    for folder in (run, run.parent):  # a run folder, or its final/ checkpoint
+        if (folder / CHECKPOINTS / LATEST).exists():
+            return latest_checkpoint(folder)
+    raise FileNotFoundError(f"{run}: no trainer checkpoint (no {CHECKPOINTS}/{LATEST} with trainer_state.pt)")
+
+
+def latest_checkpoint(run: str | Path) -> Path:
+    """The newest checkpoint of a run folder (or the folder itself if it is a checkpoint)."""
+    run = Path(run)
+    if (run / "model.safetensors").exists():
+        return run
+    pointer = run / CHECKPOINTS / LATEST
+    if not pointer.exists():
+        raise FileNotFoundError(f"{run}: no checkpoint (no {CHECKPOINTS}/{LATEST})")
+    return run / CHECKPOINTS / pointer.read_text().strip()
+
+
 # ----------------------------------------------------------------------------------------------
 # The reference (released) format
 # ----------------------------------------------------------------------------------------------
@@ -170,26 +178,8 @@ def read_reference_file(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     return state
 
 
-def _check_shapes(model: EChat, ours: Mapping[str, torch.Tensor], path) -> None:
-    expected = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} (model wants {tuple(expected[k].shape)})"
-             for k, v in ours.items() if k in expected and v.shape != expected[k].shape]
-    if wrong:
-        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) of the wrong shape, e.g. {'; '.join(wrong[:3])}")
-
-
-def _materialise_fixed_buffers(model: EChat, device) -> None:
-    """Rotary frequencies and the adapter's bigram rotation are non-persistent buffers: rebuild them after
-    a meta-device build."""
-    llm = model.causal_lm.model
-    with torch.device(device):
-        llm.rotary_emb = type(llm.rotary_emb)(config=llm.config)
-    model.adapter.build_fixed_buffers(device)
-
-
-def load_reference_checkpoint(path, tokenizer=None, device="cpu", config: EChatConfig | None = None) -> EChat:
-    """An :class:`EChat` with the weights of a released OSUM-EChat checkpoint (or our export of one)."""
-    config = config or preset("osum-echat")
+def reference_weights(path: str | os.PathLike, config: EChatConfig) -> dict[str, torch.Tensor]:
+    """The tensors of a released checkpoint under our key names, every key checked against ``config``'s layout."""
     state = read_reference_file(path)
     try:
         ours, problems = from_reference_state_dict(state, config)
@@ -199,16 +189,28 @@ def load_reference_checkpoint(path, tokenizer=None, device="cpu", config: EChatC
         raise CheckpointError(
             f"{path}: does not match the {config.name} layout: {len(problems.missing)} missing key(s) "
             f"{problems.missing[:3]}, {len(problems.unexpected)} unexpected key(s) {problems.unexpected[:3]}")
-    with torch.device("meta"):
-        model = EChat(config, tokenizer if tokenizer is not None else default_tokenizer(config))
-    _check_shapes(model, ours, path)
-    model.load_state_dict(ours, strict=False, assign=True)
-    model.causal_lm.tie_weights()
-    _materialise_fixed_buffers(model, "cpu")
-    return model.to(device=device, dtype=default_dtype(device))
+    return ours
 
 
-def save_reference_checkpoint(model: EChat, path: str | os.PathLike, dtype=torch.bfloat16) -> Path:
+def check_shapes(model, ours: Mapping[str, torch.Tensor], path) -> None:
+    """:class:`CheckpointError` naming the first tensors of ``ours`` whose shape differs from ``model``'s."""
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model wants {tuple(expected[k].shape)})"
+             for k, v in ours.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) of the wrong shape, e.g. {'; '.join(wrong[:3])}")
+
+
+def materialise_fixed_buffers(model, device) -> None:
+    """Rotary frequencies and the adapter's bigram rotation are non-persistent buffers: rebuild them after
+    a meta-device build."""
+    llm = model.causal_lm.model
+    with torch.device(device):
+        llm.rotary_emb = type(llm.rotary_emb)(config=llm.config)
+    model.adapter.build_fixed_buffers(device)
+
+
+def save_reference_checkpoint(model, path: str | os.PathLike, dtype=torch.bfloat16) -> Path:
     """Export in the released layout (888 keys for osum-echat), tensors cast to ``dtype``."""
     cast: dict[int, torch.Tensor] = {}
 
@@ -221,13 +223,3 @@ def save_reference_checkpoint(model: EChat, path: str | os.PathLike, dtype=torch
     torch.save(state, tmp)
     tmp.replace(path)
     return path
-
-
-def reference_layout(name: str | EChatConfig = "osum-echat") -> list[str]:
-    """The released checkpoint layout of a preset: ``key<TAB>shape<TAB>bfloat16|buffer`` lines."""
-    config = preset(name) if isinstance(name, str) else name
-    with torch.device("meta"):
-        model = EChat(config)
-    state = model.state_dict()
-    buffers = {n for n, _ in model.named_buffers() if n in state}
-    return layout_lines(reference_state_dict(state, config), buffers)

@@ -22,9 +22,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from echat.config import EChatConfig, LLMConfig
+from echat.config import EChatConfig, LLMConfig, preset
 from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput, mel_statistics
+from echat.models.checkpoint import (
+    check_shapes,
+    default_dtype,
+    default_tokenizer,
+    load_weights,
+    materialise_fixed_buffers,
+    read_checkpoint,
+    reference_weights,
+    save_checkpoint,
+)
 from echat.models.encoder import EncoderOutput, SpeechEncoder
+from echat.models.generate import generate, stream
+from echat.models.lora import add_lora
+from echat.models.reference_keys import layout_lines, reference_state_dict
 from echat.models.speech import speech_embedding, speech_head
 from echat.tokens import CUE_FIELDS, IGNORE_INDEX, IM_END, LABEL_SETS, Stream
 
@@ -70,29 +83,43 @@ class EChat(nn.Module):
         self.tokenizer = tokenizer
         self.encoder_cache = None  # an EncoderCache while a trainer keeps the encoder frozen
 
-    # -- construction helpers (defined in echat.models.checkpoint, bound here for the public API) --
+    # -- construction and files (the file formats are in echat.models.checkpoint) -----------------
     @classmethod
-    def from_preset(cls, name: str, device: str | torch.device = "cpu", tokenizer=None) -> EChat:
-        from echat.models.checkpoint import model_from_preset
-
-        return model_from_preset(name, device, tokenizer)
+    def from_preset(cls, name: str | EChatConfig, device: str | torch.device = "cpu", tokenizer=None) -> EChat:
+        """A randomly initialised model of a preset (or config), with a tokenizer, on ``device``."""
+        config = preset(name) if isinstance(name, str) else name
+        model = cls(config, tokenizer if tokenizer is not None else default_tokenizer(config))
+        if config.llm.lora.enabled:
+            add_lora(model)
+        return model.to(device=device, dtype=default_dtype(device))
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> EChat:
-        from echat.models.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, device)
+        """The model of a checkpoint folder written by :meth:`save`."""
+        config, tokenizer = read_checkpoint(path)
+        model = cls(config, tokenizer)
+        if config.llm.lora.enabled:
+            add_lora(model)
+        load_weights(model, path)
+        return model.to(device=device, dtype=default_dtype(device))
 
     @classmethod
     def from_reference_checkpoint(cls, path, tokenizer=None, device: str | torch.device = "cpu",
                                   config: EChatConfig | None = None) -> EChat:
-        from echat.models.checkpoint import load_reference_checkpoint
-
-        return load_reference_checkpoint(path, tokenizer=tokenizer, device=device, config=config)
+        """The weights of a released OSUM-EChat ``.pt`` (or our export of one), built on the meta device and
+        assigned, so that a 3.5 B checkpoint is never held twice."""
+        config = config or preset("osum-echat")
+        ours = reference_weights(path, config)
+        with torch.device("meta"):
+            model = cls(config, tokenizer if tokenizer is not None else default_tokenizer(config))
+        check_shapes(model, ours, path)
+        model.load_state_dict(ours, strict=False, assign=True)
+        model.causal_lm.tie_weights()
+        materialise_fixed_buffers(model, "cpu")
+        return model.to(device=device, dtype=default_dtype(device))
 
     def save(self, folder) -> None:
-        from echat.models.checkpoint import save_checkpoint
-
+        """Write a checkpoint folder (weights, config, tokenizer), atomically."""
         save_checkpoint(self, folder)
 
     # -- properties ------------------------------------------------------------------------------
@@ -233,15 +260,11 @@ class EChat(nn.Module):
     def generate(self, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
                  options=None, **kwargs):
         """One call for every task; see :func:`echat.models.generate.generate`."""
-        from echat.models.generate import generate
-
         return generate(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)
 
     def stream(self, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
                options=None, **kwargs):
         """Iterator of text pieces and speech-token chunks; see :func:`echat.models.generate.stream`."""
-        from echat.models.generate import stream
-
         return stream(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)
 
 
@@ -249,3 +272,14 @@ def _valid_frames(clips: AdapterOutput) -> Tensor:
     """(N, T'', H) padded frames -> (sum of valid frames, H), clip after clip."""
     valid = torch.arange(clips.embeddings.shape[1], device=clips.embeddings.device)[None] < clips.lengths[:, None]
     return clips.embeddings[valid]
+
+
+def reference_layout(name: str | EChatConfig = "osum-echat") -> list[str]:
+    """The released checkpoint layout of a preset, from a model built on the meta device (no memory):
+    ``key<TAB>shape<TAB>bfloat16|buffer`` lines."""
+    config = preset(name) if isinstance(name, str) else name
+    with torch.device("meta"):
+        model = EChat(config)
+    state = model.state_dict()
+    buffers = {n for n, _ in model.named_buffers() if n in state}
+    return layout_lines(reference_state_dict(state, config), buffers)

@@ -30,9 +30,9 @@ from transformers.generation.logits_process import (
 
 from echat.audio import load_audio, log_mel
 from echat.config import GenerationOptions
-from echat.data.pipeline import SampleEncoder, clip_pack_layouts
 from echat.models.speech import apply_speech_blocking
 from echat.prompts import Turn, build_layout, default_options, instruction_prompts, parse_reply
+from echat.sequence import SequenceEncoder, clip_pack_layouts
 from echat.tokens import S2TCHAT, TEXT2TEXT, TEXT2TOKEN, THINK, OutputType, SpecialIds, output_type
 
 
@@ -112,7 +112,7 @@ def build_prompt(model, audio=None, text: str | None = None, task: str | None = 
     segments = build_layout(kind, prompt_set, boundary=model.config.speech.boundary_id, instruction=instruction,
                             text_in=text or "", history=turns, audio_clip=len(turns))
     feats = [log_mel(clip) for clip in clips]
-    ids, stream, _ = SampleEncoder(model.config, model.tokenizer).sequence(segments, feats)
+    ids, stream, _ = SequenceEncoder(model.config, model.tokenizer).sequence(segments, feats)
     return kind, ids, stream, feats
 
 

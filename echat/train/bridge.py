@@ -1,4 +1,5 @@
-"""Auxiliary losses and dictation frames that give the speech side a direct signal (mini world, training only).
+"""Bridge targets and losses, and dictation frames, that give the speech side a direct signal (mini world,
+training only).
 
 Why: the real system bridges a pre-trained Whisper encoder and a 3 B instruction-tuned LLM that can repeat
 what it is given; the mini world's 7 M-parameter LLM, trained through the LLM path alone, never read its
@@ -7,16 +8,17 @@ docs/hearing.md). The signals here:
 
 - **token CTC on the adapter** (12.5 Hz): the adapter's frames are scored against every text-token
   embedding of the LLM plus a blank (a token adapter's own mixing logits, see
-  :data:`echat.models.adapter.TOKEN_OUTPUTS`; otherwise through :class:`BridgeHeads`) and trained to
+  :data:`echat.models.adapter.TOKEN_OUTPUTS`; otherwise through
+  :class:`~echat.models.heads.BridgeHeads`) and trained to
   spell the transcript, then the clip's cue tags;
 - **dictation** (stage 0): the LLM answers the understanding tasks from exact token frames of the
   transcript and tags (:func:`dictation_for`), so it learns to copy before any audio reaches it;
 - **character CTC and pooled cue classifiers on the encoder**: a probe of what the encoder carries, and a
-  training signal for an encoder that trains (:func:`probe`).
+  training signal for an encoder that trains (read back by :func:`echat.eval.probe.probe`).
 
-The heads live in :class:`BridgeHeads`, outside :class:`~echat.models.echat.EChat`: checkpoints and the
-reference key layout stay exactly those of the model; the trainer keeps the heads' weights in its own
-state. :class:`BridgedModel` wraps both so that one forward (and one DDP wrapper) covers them.
+The heads (:mod:`echat.models.heads`) live outside :class:`~echat.models.echat.EChat`; here are their
+targets (:class:`BridgeTargets`) and losses. :class:`BridgedModel` wraps the model and its heads so that
+one forward (and one DDP wrapper) covers them.
 """
 
 from __future__ import annotations
@@ -24,16 +26,15 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.data.schema import Record
-from echat.models.adapter import AdapterOutput, ctc_path
+from echat.models.adapter import AdapterOutput
 from echat.models.echat import EChatOutput
-from echat.models.encoder import mean_frame
+from echat.models.heads import CHARS, BridgeHeads
 from echat.tokens import (
     CUE_FIELDS,
     CUE_LABEL_TAGS,
@@ -51,8 +52,6 @@ SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
 RANDOM = "~random"  # key suffix of a record made by random_words
 RANDOM_TAGS = "~tags"  # key suffix of a record made by random_cues
 TAGGED = "~tagged"  # key suffix of a record made by tagged_words
-# Characters of the encoder's CTC head (the CTC blank is one more class, after these).
-CHARS = " 'abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
@@ -249,41 +248,6 @@ def _class_index(name: str, value) -> int:
     return labels.index(tag) if tag in labels else IGNORE_INDEX
 
 
-class BridgeHeads(nn.Module):
-    """The encoder's character CTC and cue heads, and the adapter's CTC blank vector and temperature."""
-
-    def __init__(self, encoder_dim: int, hidden: int):
-        super().__init__()
-        self.chars = nn.Linear(encoder_dim, len(CHARS) + 1)
-        self.cues = nn.ModuleDict({name: nn.Linear(encoder_dim, len(LABEL_SETS[name])) for name in CUE_FIELDS})
-        self.blank = nn.Parameter(torch.zeros(hidden))
-        self.log_scale = nn.Parameter(torch.zeros(()))
-
-    def char_ctc_loss(self, frames: Tensor, lengths: Tensor, targets: BridgeTargets) -> Tensor:
-        """Encoder frames (N, T, D) with lengths (N,) -> mean CTC loss per target character."""
-        log_probs = self.chars(frames).float().log_softmax(-1).transpose(0, 1)  # (T, N, C + 1)
-        return F.ctc_loss(log_probs, targets.chars, lengths, targets.char_lengths, blank=len(CHARS),
-                          zero_infinity=True)
-
-    def ctc_loss(self, frames: Tensor, lengths: Tensor, token_table: Tensor, targets: BridgeTargets) -> Tensor:
-        """Adapter frames (N, T, H) with lengths (N,), token_table (V, H) -> mean CTC loss per target token."""
-        table = torch.cat([token_table, self.blank[None]], dim=0)  # (V + 1, H); blank is class V
-        logits = frames @ table.T * self.log_scale.exp() / frames.shape[-1] ** 0.5  # (N, T, V + 1)
-        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, V + 1)
-        return F.ctc_loss(log_probs, targets.tokens, lengths, targets.token_lengths, blank=token_table.shape[0],
-                          zero_infinity=True)
-
-    def cue_losses(self, frames: Tensor, lengths: Tensor, targets: BridgeTargets) -> dict[str, Tensor]:
-        """Cross-entropy of each cue classifier on the clips' mean encoder frame (N, D)."""
-        pooled = mean_frame(frames, lengths)  # (N, D)
-        out = {}
-        for name, head in self.cues.items():
-            labels = targets.cues.get(name)
-            if labels is not None and bool((labels != IGNORE_INDEX).any()):
-                out[name] = F.cross_entropy(head(pooled).float(), labels, ignore_index=IGNORE_INDEX)
-        return out
-
-
 def packed_dictation_clips(targets: BridgeTargets, lengths: Tensor, table: Tensor) -> AdapterOutput:
     """Pseudo adapter frames as a ``token_pack`` adapter makes them: each clip's target tokens (words, then
     cue tags) one per frame from the first, then zero frames. targets: tokens of N clips; lengths (N,)
@@ -389,90 +353,15 @@ class BridgedModel(nn.Module):
             out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)
         else:
             out = self.echat(batch, clips=clips)
-        out.aux = {"char_ctc": self.heads.char_ctc_loss(enc.hidden, enc.lengths, targets),
-                   **self.heads.cue_losses(enc.hidden, enc.lengths, targets)}
+        out.aux = {"char_ctc": self.heads.char_ctc_loss(enc.hidden, enc.lengths, targets.chars, targets.char_lengths),
+                   **self.heads.cue_losses(enc.hidden, enc.lengths, targets.cues)}
         if self.token_ctc and clips.token_logits is not None:  # a token-mix adapter's own mixing weights
             spelled = targets.words_only() if clips.cue_logits is not None else targets
             out.aux["token_ctc"] = token_ctc_loss(clips.token_logits, clips.lengths, spelled)
             out.aux.update(cue_frame_losses(clips.cue_logits or {}, targets))
         elif self.token_ctc:
             table = self.echat.llm.get_input_embeddings().weight.detach()  # the adapter moves, not the LLM
-            out.aux["token_ctc"] = self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets)
+            out.aux["token_ctc"] = self.heads.ctc_loss(clips.embeddings, clips.lengths, table, targets.tokens,
+                                                       targets.token_lengths)
         out.loss = out.loss + self.weight * sum(out.aux.values())
         return out
-
-
-def load_heads(checkpoint: str | Path, config) -> BridgeHeads:
-    """The bridge heads saved in a trainer checkpoint (``ckpt/step_N/trainer_state.pt``)."""
-    state = torch.load(Path(checkpoint) / "trainer_state.pt", weights_only=True)
-    if "bridge" not in state:
-        raise ValueError(f"{checkpoint}: this checkpoint's stage trained no bridge heads")
-    heads = BridgeHeads(config.encoder.d_model, config.llm.hidden_size)
-    heads.load_state_dict(state["bridge"])
-    return heads.eval()
-
-
-@torch.no_grad()
-def probe(model, heads: BridgeHeads, samples) -> dict:
-    """What the encoder carries, read by the bridge heads rather than by the LLM: the character CTC's
-    greedy transcripts (CER against ``extra.q_txt``) and each cue head's accuracy on the clips' mean
-    frame. ``samples``: decoded single-clip samples whose records hold ``q_txt`` and the cue labels."""
-    from echat.data.pipeline import DataPipeline
-    from echat.eval.metrics import cer
-
-    by_key = {s.record.key: s.record for s in samples}
-    refs, hyps, hits, counts = [], [], dict.fromkeys(CUE_FIELDS, 0), dict.fromkeys(CUE_FIELDS, 0)
-    for batch in DataPipeline(model.config, model.tokenizer, train=False).batches(samples):
-        records = [by_key[k] for k in batch.keys]
-        targets = bridge_targets(records, model.tokenizer)
-        enc = model.run_encoder(batch.feats, batch.feat_lengths)
-        ids = heads.chars(enc.hidden).argmax(-1)  # (N, T)
-        refs += [r.extra["q_txt"] for r in records]
-        hyps += [_ctc_collapse(row[:n].tolist()) for row, n in zip(ids, enc.lengths, strict=True)]
-        pooled = mean_frame(enc.hidden, enc.lengths).float()  # (N, D)
-        for name, head in heads.cues.items():
-            labels = targets.cues[name]
-            known = labels != IGNORE_INDEX
-            hits[name] += int((head(pooled).argmax(-1) == labels)[known].sum())
-            counts[name] += int(known.sum())
-    return {"char_cer": cer(refs, hyps), "clips": len(refs),
-            **{f"{name}_accuracy": hits[name] / counts[name] for name in CUE_FIELDS if counts[name]},
-            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:3]]}
-
-
-def _ctc_collapse(ids: list[int]) -> str:
-    """Greedy CTC output of the character head, as text."""
-    return "".join(CHARS[i] for i in ctc_path(ids, blank=len(CHARS)))
-
-
-def probe_run(run: str | Path, corpus: str | Path, split: str = "test", limit: int | None = None) -> dict:
-    """:func:`probe` of a run's newest trainer checkpoint on the clips of ``corpus/{split}.jsonl``, per
-    test subset (``extra.subset``; ``all`` where there is none), at most ``limit`` clips each."""
-    from echat.models.echat import EChat
-    from echat.train.recipes import family
-    from echat.train.run import load_split
-    from echat.train.trainer import latest_trainer_checkpoint
-
-    checkpoint = latest_trainer_checkpoint(run)
-    model = EChat.from_checkpoint(checkpoint).eval()
-    heads = load_heads(checkpoint, model.config)
-    groups: dict[str, list] = {}
-    for sample in load_split(corpus, split, model.config):
-        if family(sample.record) == "asr":
-            groups.setdefault(sample.record.extra.get("subset") or "all", []).append(sample)
-    return {"checkpoint": str(checkpoint), "split": split,
-            "subsets": {name: probe(model, heads, group[:limit]) for name, group in sorted(groups.items())}}
-
-
-def render_probe(report: dict) -> str:
-    """The probe report as a small table: one row per score, one column per subset."""
-    from echat.eval.stage_eval import format_cell
-
-    subsets = report["subsets"]
-    rows = ["clips", "char_cer", *[f"{name}_accuracy" for name in CUE_FIELDS]]
-    lines = [f"bridge probe (encoder read by the bridge heads, not by the LLM): {report['checkpoint']}",
-             f"{'':22}" + "".join(f"{name:>10}" for name in subsets)]
-    for row in rows:
-        values = [subsets[name].get(row) for name in subsets]
-        lines.append(f"{row:22}" + "".join(f"{format_cell(v):>10}" for v in values))
-    return "\n".join(lines)

@@ -7,47 +7,20 @@ from pathlib import Path
 
 import torch
 
-from echat.data.pipeline import Sample, SkipSummary, load_samples
-from echat.data.schema import read_manifest
-from echat.models.checkpoint import FINAL
-from echat.models.encoder import EncoderCache
+from echat.data.pipeline import check_corpus, load_split
+from echat.eval.asr import whisper_base_encoder_state
+from echat.models.checkpoint import FINAL, resolve_checkpoint
+from echat.models.echat import EChat
+from echat.models.encoder import EncoderCache, load_whisper_encoder
+from echat.models.lora import add_lora, uses_lora
+from echat.text_tokenizer import load_tokenizer
 from echat.train.recipes import StageRecipe, recipe
 from echat.train.trainer import Trainer, TrainingError
 
 RECIPE_PRESET = {"smoke": "smoke", "mini": "mini"}
 
 
-def load_split(corpus: str | Path, split: str, config) -> list[Sample]:
-    """Decoded samples of a corpus split; unusable ones are skipped and the summary printed."""
-    corpus = Path(corpus)
-    if not (corpus / f"{split}.jsonl").exists():
-        raise FileNotFoundError(f"{corpus}: no {split}.jsonl (build one with `echat data mini --out {corpus}`)")
-    skipped = SkipSummary()
-    samples = list(load_samples(read_manifest(corpus / f"{split}.jsonl", codebook_size=config.speech.codebook_size),
-                                corpus, config, skipped))
-    if skipped.total:
-        print(skipped.render())
-    if not samples:
-        raise TrainingError(f"{corpus / (split + '.jsonl')}: no usable samples")
-    return samples
-
-
-def check_corpus(corpus: str | Path) -> Path:
-    """A corpus folder with the files training reads, or one clear error."""
-    corpus = Path(corpus)
-    if not corpus.is_dir():
-        raise FileNotFoundError(f"{corpus}: no such data folder (build one with `echat data mini --out {corpus}`)")
-    for name in ("train.jsonl", "dev.jsonl", "text_tokenizer"):
-        if not (corpus / name).exists():
-            raise FileNotFoundError(f"{corpus}: no {name} (build the corpus with `echat data mini --out {corpus}`)")
-    return corpus
-
-
 def _model(preset: str, corpus: Path, init: str | Path | None, seed: int | None = None):
-    from echat.models.checkpoint import model_from_preset, resolve_checkpoint
-    from echat.models.echat import EChat
-    from echat.text_tokenizer import load_tokenizer
-
     if init:
         model = EChat.from_checkpoint(resolve_checkpoint(init))
         if model.config.name != preset:
@@ -55,7 +28,7 @@ def _model(preset: str, corpus: Path, init: str | Path | None, seed: int | None 
     else:
         if seed is not None:
             torch.manual_seed(seed)  # the fresh weights follow the training seed
-        model = model_from_preset(preset, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
+        model = EChat.from_preset(preset, tokenizer=load_tokenizer(corpus / "text_tokenizer"))
         init_encoder(model)
     if seed is not None:
         model.config.train.seed = seed
@@ -74,9 +47,6 @@ def init_encoder(model) -> None:
         return
     if source != "whisper-base":
         raise TrainingError(f"unknown encoder.init {source!r}; choose '' or 'whisper-base'")
-    from echat.eval.asr import whisper_base_encoder_state
-    from echat.models.encoder import load_whisper_encoder
-
     load_whisper_encoder(model.encoder, whisper_base_encoder_state())
 
 
@@ -86,9 +56,7 @@ def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset:
     ``seed`` replaces the training seed of the preset (or of the ``init`` checkpoint)."""
     corpus, out = check_corpus(corpus), Path(out)
     model = _model(preset, corpus, init, seed)
-    if stage.lora and not hasattr(model.llm, "peft_config"):
-        from echat.train.stages import add_lora
-
+    if stage.lora and not uses_lora(model):
         add_lora(model)
     cache = None if dict(stage.module_lr).get("encoder") else EncoderCache.beside(corpus, model.encoder)
     trainer = Trainer(model, stage, load_split(corpus, "train", model.config), out,

@@ -5,7 +5,7 @@ default set of a stage).
 The paper's stages (the reference encodes them only as ``fire_module`` switches, its released config
 trains everything; echat's mini recipe departs where ``echat.train.recipes`` says why):
 - ``understanding``: encoder + adapter; the LLM and the speech embedding/head are frozen.
-- ``generation``: adapter + LLM (all of it, or only LoRA weights when LoRA is on) + speech
+- ``generation``: adapter + LLM (all of it, or only LoRA weights when LoRA is on, :mod:`echat.models.lora`) + speech
   embedding/head; the encoder only when asked (``train_encoder=True``).
 - ``empathy``: everything, minus the modules named in ``freeze``.
 """
@@ -16,24 +16,10 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from echat.models.lora import uses_lora
+
 STAGES = ("understanding", "generation", "empathy")
 MODULES = ("encoder", "adapter", "llm", "speech_embedding", "speech_head")
-
-
-def add_lora(model) -> None:
-    """Wrap ``model.llm`` with peft LoRA using ``config.llm.lora`` (reference: r 64, alpha 32,
-    dropout 0.1, on q, k, v, o, gate and down projections)."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = model.config.llm.lora
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    model.llm = get_peft_model(model.llm, peft_config)
-    model.config.llm.lora.enabled = True
-
-
-def _uses_lora(model) -> bool:
-    return hasattr(model.llm, "peft_config")
 
 
 def trainable_modules(stage: str, train_encoder: bool = False, freeze: Iterable[str] = ()) -> set[str]:
@@ -56,7 +42,7 @@ def set_trainable(model, modules: Iterable[str]) -> dict[str, list[nn.Parameter]
     chosen, trainable = set(modules), {}
     for name in MODULES:
         module: nn.Module = getattr(model, name)
-        lora_only = name == "llm" and _uses_lora(model)
+        lora_only = name == "llm" and uses_lora(model)
         for pname, param in module.named_parameters():
             param.requires_grad = name in chosen and (not lora_only or "lora_" in pname)
             if param.requires_grad:

@@ -32,13 +32,17 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
+from safetensors.torch import load_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from echat.config import GenerationOptions
 from echat.data.pipeline import DataPipeline, Sample
-from echat.eval.hearing import distinct_clips
-from echat.models.checkpoint import LATEST
+from echat.eval.hearing import distinct_clips, first_token_accuracy
+from echat.eval.probe import probe
+from echat.models.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint, save_checkpoint
 from echat.models.encoder import EncoderCache
+from echat.models.generate import generate
 from echat.train.bridge import (
     BridgedModel,
     bridge_targets,
@@ -49,10 +53,9 @@ from echat.train.bridge import (
     spread_tag_rows,
     tagged_words,
 )
+from echat.train.plots import plot_hearing_history, plot_history
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import set_trainable
-
-CHECKPOINTS = "ckpt"
 
 
 class TrainingError(RuntimeError):
@@ -297,8 +300,6 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, decodes: int = 2) -> dict:
         """Dev loss per task family of this stage, and a few greedy decodes (printed and logged)."""
-        from echat.config import GenerationOptions
-        from echat.models.generate import generate
         families = sorted({f for p in self.recipe.phases for f, _ in p.mix})
         dev = self._samples([r for f in families for r in self.dev_pool.by_family.get(f, [])])
         model = self.bare_model().eval()
@@ -334,14 +335,10 @@ class Trainer:
         """Hearing figures on fixed dev clips: in stage 0, whether the LLM copies dictation (teacher-forced
         first answer token of ASR); in stage 1, the same read from the audio through the LLM path and, with
         bridge heads, the encoder's character-CTC probe CER."""
-        from echat.eval.hearing import first_token_accuracy
-
         if self.recipe.dictation:
             return {"dictation_first_token": first_token_accuracy(model, self.hearing_clips, dictated=True)}
         out = {"hearing_first_token": first_token_accuracy(model, self.hearing_clips)}
         if self.recipe.bridge:
-            from echat.train.bridge import probe
-
             heads = self.acc.unwrap_model(self.model).heads
             heads.eval()
             out["probe_cer"] = probe(model, heads, self.hearing_clips)["char_cer"]
@@ -351,8 +348,6 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> Path:
         """Write ``ckpt/step_NNNNNN`` atomically and point ``latest`` at it; keep the last ``keep``."""
-        from echat.models.checkpoint import save_checkpoint
-
         self.acc.wait_for_everyone()
         final = self.out / CHECKPOINTS / f"step_{self.state.step:06d}"
         if not self.acc.is_main_process:
@@ -385,8 +380,6 @@ class Trainer:
     def resume(self, checkpoint: str | Path | None = None) -> None:
         """Continue from ``checkpoint`` (default: this run's ``latest``): weights, optimizer, scheduler,
         data position and RNG states."""
-        from safetensors.torch import load_model
-
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.out)
         state = torch.load(path / "trainer_state.pt", weights_only=True)
         if state["preset"] != self.config.name or state["recipe"] != self.recipe.name:
@@ -408,8 +401,6 @@ class Trainer:
         """``loss.png``: training loss per task and dev loss over steps."""
         if not self.acc.is_main_process:
             return
-        from echat.train.plots import plot_hearing_history, plot_history
-
         plot_history(self.state.history, self.out / "loss.png", title=f"stage {self.recipe.name}")
         if any("hearing_first_token" in r or "dictation_first_token" in r for r in self.state.history):
             plot_hearing_history(self.state.history, self.out / "hearing.png")
@@ -419,25 +410,3 @@ def _numpy_rng() -> tuple:
     """numpy's global RNG state with its key array as a tensor (loadable with ``weights_only=True``)."""
     name, keys, *rest = np.random.get_state()
     return (name, torch.from_numpy(keys.astype(np.int64)), *rest)
-
-
-def latest_trainer_checkpoint(run: str | Path) -> Path:
-    """The newest checkpoint of a run that holds a trainer state (``run/ckpt/step_N``, or ``run`` itself)."""
-    run = Path(run)
-    if (run / "trainer_state.pt").exists():
-        return run
-    for folder in (run, run.parent):  # a run folder, or its final/ checkpoint
-        if (folder / CHECKPOINTS / LATEST).exists():
-            return latest_checkpoint(folder)
-    raise FileNotFoundError(f"{run}: no trainer checkpoint (no {CHECKPOINTS}/{LATEST} with trainer_state.pt)")
-
-
-def latest_checkpoint(run: str | Path) -> Path:
-    """The newest checkpoint of a run folder (or the folder itself if it is a checkpoint)."""
-    run = Path(run)
-    if (run / "model.safetensors").exists():
-        return run
-    pointer = run / CHECKPOINTS / LATEST
-    if not pointer.exists():
-        raise FileNotFoundError(f"{run}: no checkpoint (no {CHECKPOINTS}/{LATEST})")
-    return run / CHECKPOINTS / pointer.read_text().strip()

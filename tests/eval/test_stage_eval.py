@@ -192,7 +192,7 @@ def test_evaluate_reports_every_stage_per_subset(report):
 
 
 def test_render_and_save_report(report, tmp_path):
-    from echat.eval.stage_eval import render, save_report
+    from echat.eval.report import render, save_report
 
     text = render(report)
     for needle in ("seen", "unseen", "ASR CER", "WER ground truth", "think parse rate", "reply-emotion accuracy"):

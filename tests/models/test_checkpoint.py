@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from echat.config import GenerationOptions, preset
-from echat.models.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_reference_checkpoint,
-    reference_layout,
-    save_checkpoint,
-    save_reference_checkpoint,
-)
-from echat.models.echat import EChat
+from echat.models.checkpoint import CheckpointError, save_checkpoint, save_reference_checkpoint
+from echat.models.echat import EChat, reference_layout
 from echat.tokens import OutputType
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "osum_echat_state_dict.tsv"
@@ -48,7 +41,7 @@ def test_reference_export_and_import_give_identical_outputs(smoke_model, batch_o
     wave = fixture_samples[0].audio
     before = _outputs(smoke_model, batch, wave)
     path = save_reference_checkpoint(smoke_model, tmp_path / "model.pt", dtype=torch.float32)
-    loaded = load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=smoke_model.config).eval()
+    loaded = EChat.from_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=smoke_model.config).eval()
     after = _outputs(loaded, batch, wave)
     assert torch.equal(before[0], after[0]) and before[1:] == after[1:]
     keys = list(torch.load(path, weights_only=True))
@@ -66,7 +59,7 @@ def test_a_token_pack_model_round_trips_through_the_reference_format(smoke_model
     saved = set(torch.load(path, weights_only=True))
     assert {"speech_mix_blank", "speech_mix_log_scale", "speech_cue_trunk.0.weight",
             "speech_cue_heads.emotion.weight"} <= saved
-    loaded = load_reference_checkpoint(path, tokenizer=model.tokenizer, config=config).eval()
+    loaded = EChat.from_reference_checkpoint(path, tokenizer=model.tokenizer, config=config).eval()
     assert torch.equal(model(batch).loss, loaded(batch).loss)
 
 
@@ -94,7 +87,7 @@ def test_wrong_shapes_are_reported_with_the_key(smoke_model, tmp_path):
     state["speech_head.bias"] = torch.zeros(3)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"speech_head.bias \(3,\)"):
-        load_reference_checkpoint(tmp_path / "bad.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+        EChat.from_reference_checkpoint(tmp_path / "bad.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
 
 
 def test_missing_and_unexpected_keys_are_reported_in_one_error(smoke_model, tmp_path):
@@ -103,20 +96,20 @@ def test_missing_and_unexpected_keys_are_reported_in_one_error(smoke_model, tmp_
     state["extra.thing"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"1 missing key.*speech_head.weight.*1 unexpected key.*extra.thing"):
-        load_reference_checkpoint(tmp_path / "bad.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+        EChat.from_reference_checkpoint(tmp_path / "bad.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
 
 
 def test_a_checkpoint_of_another_preset_is_rejected(smoke_model, tmp_path):
     path = save_reference_checkpoint(smoke_model, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="does not match the mini layout: 139 missing"):
-        load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=preset("mini"))
+        EChat.from_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=preset("mini"))
     one_layer_mini = preset("mini")
     one_layer_mini.encoder.n_layers = one_layer_mini.adapter.n_layers = one_layer_mini.llm.n_layers = 1
     one_layer_mini.adapter.output = "linear"  # the smoke checkpoint has no token-mix or cue-frame weights
     one_layer_mini.adapter.cue_frames = one_layer_mini.adapter.bigram_frames = one_layer_mini.adapter.hard_pack = False
     one_layer_mini.adapter.end_frame = one_layer_mini.adapter.cue_mel_stats = False
     with pytest.raises(CheckpointError, match="wrong shape"):
-        load_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=one_layer_mini)
+        EChat.from_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=one_layer_mini)
 
 
 def test_truncated_and_non_checkpoint_files_are_clear_errors(smoke_model, tmp_path):
@@ -125,9 +118,9 @@ def test_truncated_and_non_checkpoint_files_are_clear_errors(smoke_model, tmp_pa
     (tmp_path / "text.pt").write_text("hello, I am not a checkpoint")
     for bad in ("cut.pt", "text.pt", "absent.pt"):
         with pytest.raises(CheckpointError, match=bad):
-            load_reference_checkpoint(tmp_path / bad, tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+            EChat.from_reference_checkpoint(tmp_path / bad, tokenizer=smoke_model.tokenizer, config=preset("smoke"))
     with pytest.raises(CheckpointError, match="not an echat checkpoint"):
-        load_checkpoint(tmp_path)
+        EChat.from_checkpoint(tmp_path)
 
 
 class _Evil:
@@ -142,5 +135,5 @@ def test_no_pickle_code_runs_from_an_untrusted_file(tmp_path, smoke_model):
     marker = tmp_path / "pwned"
     torch.save({"encoder.x": _Evil(marker)}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="evil.pt"):
-        load_reference_checkpoint(tmp_path / "evil.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+        EChat.from_reference_checkpoint(tmp_path / "evil.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
     assert not marker.exists()

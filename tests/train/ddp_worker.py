@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from echat.data.pipeline import load_split
 from echat.train.recipes import stage
-from echat.train.run import _model, load_split
+from echat.train.run import _model
 from echat.train.trainer import Trainer
 
 

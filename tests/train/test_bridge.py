@@ -6,11 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from echat.data.pipeline import DataPipeline
+from echat.data.pipeline import DataPipeline, load_split
+from echat.models.heads import CHARS
 from echat.tokens import IGNORE_INDEX, LABEL_SETS
-from echat.train.bridge import CHARS, BridgedModel, BridgeHeads, BridgeTargets, bridge_targets
+from echat.train.bridge import BridgedModel, BridgeTargets, bridge_targets
 from echat.train.recipes import family
-from echat.train.run import _model, load_split
+from echat.train.run import _model
 
 
 @pytest.fixture(scope="module")
@@ -66,41 +67,6 @@ def test_character_targets_spell_the_transcript(asr_samples):
     assert targets.char_lengths.tolist() == [7]
 
 
-def test_ctc_prefers_frames_that_look_like_the_spoken_tokens():
-    torch.manual_seed(0)
-    table = torch.randn(20, 16)  # (V, H) a text embedding table
-    heads = BridgeHeads(8, 16)
-    heads.blank.data = -table.mean(0)
-    with torch.no_grad():
-        heads.log_scale.fill_(2.0)
-    spoken = torch.tensor([3, 7, 7, 12])
-    aligned = table[torch.tensor([3, 3, 7, 0, 7, 12, 12])]  # (T, H): repeats and a separator frame
-    aligned[3] = heads.blank.data
-    targets = BridgeTargets(spoken, torch.tensor([4]), {})
-    lengths = torch.tensor([7])
-    good = heads.ctc_loss(aligned[None], lengths, table, targets)
-    shuffled = heads.ctc_loss(aligned[torch.randperm(7)][None], lengths, table, targets)
-    assert float(good) < float(shuffled)
-
-
-def test_cue_heads_learn_a_separable_cue():
-    torch.manual_seed(0)
-    heads = BridgeHeads(8, 4)
-    labels = torch.tensor([0, 1] * 8)
-    frames = torch.randn(16, 5, 8) + 2.0 * labels[:, None, None]  # (N, T, H): the cue shifts every frame
-    targets = BridgeTargets(torch.zeros(0, dtype=torch.long), torch.zeros(16, dtype=torch.long),
-                            {"gender": labels})
-    optimizer = torch.optim.Adam(heads.parameters(), lr=0.05)
-    first = None
-    for _ in range(50):
-        loss = heads.cue_losses(frames, torch.full((16,), 5), targets)["gender"]
-        first = first if first is not None else float(loss)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert float(loss) < 0.2 * first
-
-
 def test_bridged_forward_adds_the_auxiliary_losses_and_keeps_the_model_keys(asr_samples):
     model, samples = asr_samples
     model.eval()
@@ -116,32 +82,6 @@ def test_bridged_forward_adds_the_auxiliary_losses_and_keeps_the_model_keys(asr_
     expected = plain.loss + 0.5 * sum(out.aux.values())
     assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
     assert set(bridged.echat.state_dict()) == keys
-
-
-def test_probe_reads_a_trained_runs_heads_per_subset(smoke_corpus, tmp_path):
-    from echat.train.bridge import probe_run, render_probe
-    from echat.train.recipes import stage
-    from echat.train.run import train_stage
-
-    final = train_stage(stage("smoke", "understanding", max_steps=3), smoke_corpus, tmp_path / "run", "smoke",
-                        progress=False)
-    report = probe_run(final, smoke_corpus, limit=4)
-    assert report["checkpoint"].endswith("step_000003")
-    assert set(report["subsets"]) == {"seen", "unseen"}
-    for scores in report["subsets"].values():
-        assert 0 < scores["clips"] <= 4 and scores["char_cer"] >= 0
-        assert all(0 <= scores[f"{name}_accuracy"] <= 1 for name in ("gender", "age", "emotion", "event"))
-    assert "gender_accuracy" in render_probe(report)
-
-
-def test_probe_refuses_a_stage_without_bridge_heads(smoke_corpus, tmp_path):
-    from echat.train.bridge import probe_run
-    from echat.train.recipes import stage
-    from echat.train.run import train_stage
-
-    final = train_stage(stage("smoke", "text", max_steps=2), smoke_corpus, tmp_path / "run", "smoke", progress=False)
-    with pytest.raises(ValueError, match="trained no bridge heads"):
-        probe_run(final, smoke_corpus)
 
 
 def test_random_words_replace_the_transcript_in_the_answer_and_the_targets(asr_samples):
@@ -286,8 +226,8 @@ def test_the_mini_pack_starts_with_the_answer_so_that_copying_answers(smoke_corp
     of its clip's pack: the LLM answers any of them, and stops, by copying from the first frame
     (docs/hearing.md E65-E68, §14)."""
     from echat.config import preset
-    from echat.data.pipeline import clip_pack_layouts
     from echat.eval.hearing import distinct_clips
+    from echat.sequence import clip_pack_layouts
     from echat.tokens import CUE_FIELDS, FIELD_OF_TASK_TAG, IM_END, TRANSCRIBE, OutputType, canonical_label
 
     model = _model("smoke", smoke_corpus, None)

@@ -2,8 +2,9 @@
 
 import pytest
 
-from echat.models.checkpoint import model_from_preset
-from echat.train.stages import add_lora, apply_stage, trainable_counts
+from echat.models.echat import EChat
+from echat.models.lora import add_lora
+from echat.train.stages import apply_stage, trainable_counts
 
 
 def _total(model, name):
@@ -12,7 +13,7 @@ def _total(model, name):
 
 @pytest.fixture
 def model():
-    return model_from_preset("smoke")
+    return EChat.from_preset("smoke")
 
 
 def test_understanding_trains_encoder_and_adapter_only(model):

@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
+from echat.data.pipeline import load_split
 from echat.train.recipes import stage
-from echat.train.run import _model, load_split
+from echat.train.run import _model
 from echat.train.trainer import Trainer, TrainingError, latest_checkpoint
 
 
@@ -116,7 +117,7 @@ def test_missing_data_and_empty_manifests_are_clear_errors(smoke_corpus, tmp_pat
     assert out.returncode == 1 and "no such data folder" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "train.jsonl").write_text("")
-    with pytest.raises(TrainingError, match="no usable samples"):
+    with pytest.raises(ValueError, match="no usable samples"):
         load_split(tmp_path / "empty", "train", _model("smoke", smoke_corpus, None).config)
 
 
