@@ -26,7 +26,7 @@ test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 demo: setup
-	$(OFFLINE) $(BIN)/python -m echat.demo --preset $(PRESET) --out $(DEMO_OUT)
+	$(OFFLINE) $(BIN)/echat demo --preset $(PRESET) --out $(DEMO_OUT)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

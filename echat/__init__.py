@@ -14,8 +14,8 @@ __all__ = ["PRESETS", "EChat", "EChatConfig", "GenerationOptions", "preset"]
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "audio", "cli", "config", "data", "eval", "models", "notebooks", "prompts", "text_tokenizer", "token2wav",
-    "tokens", "train",
+    "audio", "cli", "config", "data", "eval", "models", "prompts", "sequence", "text_tokenizer", "token2wav",
+    "tokens", "train", "workbench",
 }
 
 

@@ -10,12 +10,15 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 EXAMPLES = {
     "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
     "data check": "echat data check data/train.jsonl\n  echat data check shards/shards_list.txt",
     "layout": "echat layout --preset osum-echat > layout.tsv",
     "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag",
+    "demo": "echat demo --preset mini --out runs/demo\n"
+            "  echat demo --preset smoke --out runs/demo-smoke --limit 1 --only 04 05",
     "train": "echat train --recipe mini --data ~/.cache/echat/echat-mini --out runs/mini\n"
              "  echat train --stage understanding --preset mini --data DIR --init runs/mini/0_text --out runs/u1",
 }
@@ -40,7 +43,7 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_data_mini(args) -> int:
-    from echat.data.mini_corpus import build_corpus
+    from echat.data.mini.corpus import build_corpus
 
     summary = build_corpus(args.out, size=args.size, seed=args.seed, workers=args.workers)
     records = ", ".join(f"{n} {split}" for split, n in summary["records"].items())
@@ -72,8 +75,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pathlib import Path
-
     from echat.eval.report import render, save_report
     from echat.eval.stage_eval import evaluate, load_model
     from echat.models.checkpoint import resolve_checkpoint
@@ -117,6 +118,18 @@ def cmd_eval(args) -> int:
     written = save_report(report, args.out or Path(args.run) / "eval")
     print(f"wrote {written[0]} and {len(written) - 1} confusion-matrix plots")
     return 0
+
+
+def cmd_demo(args) -> int:
+    from echat.workbench.demo import run_demo
+    from echat.workbench.figures import summary
+    from echat.workbench.notebooks import summary as notebook_summary
+
+    figures, results = run_demo(args.preset, args.out, args.limit, args.only, not args.no_notebooks)
+    if results:
+        print(notebook_summary(results))
+    print(summary(figures, Path(args.out).resolve()))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_layout(args) -> int:
@@ -183,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  "the audio, on --limit training clips)")
     evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
     evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    demo = _parser(sub, "demo", "the whole workbench into one folder: build EChat-mini, run the recipe, evaluate "
+                   "every stage, write figures.json / figures.md and run every numbered notebook", cmd_demo)
+    demo.add_argument("--preset", default="mini", choices=["smoke", "mini"])
+    demo.add_argument("--out", default="runs/demo", help="run folder (corpus, recipe, figures, notebooks)")
+    demo.add_argument("--limit", type=int, default=None, help="evaluation items per stage and test subset, 0 for "
+                      "all (default: 2 for smoke, 40 for mini)")
+    demo.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 04 05")
+    demo.add_argument("--no-notebooks", action="store_true", help="stop after the figures")
 
     layout = _parser(sub, "layout", "print the reference checkpoint layout (key, shape, kind) of a preset, "
                      "built on the meta device", cmd_layout)

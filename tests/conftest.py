@@ -36,7 +36,7 @@ def mini_tok():
 @pytest.fixture(scope="session")
 def smoke_corpus(tmp_path_factory):
     """An EChat-mini corpus of the smoke size (about 40 s to build), shared by the whole session."""
-    from echat.data.mini_corpus import build_corpus
+    from echat.data.mini.corpus import build_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "smoke"
     build_corpus(out, size="smoke", seed=7)

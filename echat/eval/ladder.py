@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from echat.data.pipeline import DataPipeline, Sample
+from echat.data.pipeline import DataPipeline, Sample, load_split
 from echat.eval.hearing import ForcedAnswers, as_task, guess_accuracy, hearing_sets, teacher_forced
+from echat.eval.stage_eval import load_model
 from echat.models.adapter import AdapterOutput
 from echat.models.encoder import EncoderCache
 from echat.tokens import TRANSCRIBE
@@ -112,9 +113,6 @@ def ladder_report(model, samples: list[Sample], steps: int = 200, progress: bool
 
 def ladder_run(run: str | Path, corpus: str | Path, size: int = 32, steps: int = 200) -> dict:
     """:func:`ladder_report` of a run's newest checkpoint on the first ``size`` training clips of ``corpus``."""
-    from echat.data.pipeline import load_split
-    from echat.eval.stage_eval import load_model
-
     model = load_model(run)
     model.encoder_cache = EncoderCache.beside(corpus, model.encoder)
     samples = hearing_sets(load_split(corpus, "train", model.config), [], size)["train"]

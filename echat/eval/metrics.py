@@ -56,14 +56,21 @@ from typing import TYPE_CHECKING, Any
 import jiwer
 import numpy as np
 
-from echat.prompts import parse_tag_think
-from echat.tokens import LABEL_SETS, REPLY_EMOTIONS, THINK_CLOSE, THINK_OPEN, canonical_label, output_type
+from echat.data.schema import Record, read_manifest
+from echat.prompts import parse_reply, parse_tag_think, split_reply_tag
+from echat.tokens import (
+    LABEL_SETS,
+    REPLY_EMOTIONS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    OutputType,
+    canonical_label,
+    output_type,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-    from echat.data.schema import Record
 
 # Applied in this order, to lowercased text, on both sides. "'s" is left alone: it may stand for
 # "is", "has" or a possessive. "'d" always becomes "would", though it may also stand for "had".
@@ -357,9 +364,6 @@ def dialogue_replies(records: Iterable[Record], prompt_set: str = "mini") -> tup
     """(reply texts, reply-emotion tags) of the dialogue records (spoken or text chat, with or
     without think or history) whose target opens with a reply-emotion tag; the tag is removed
     from the text. Understanding, TTS and T2T records are skipped."""
-    from echat.prompts import split_reply_tag
-    from echat.tokens import OutputType
-
     not_dialogue = (OutputType.TEXT, OutputType.TTS, OutputType.TTS_STREAMING, OutputType.T2T)
     texts, labels = [], []
     for record in records:
@@ -435,8 +439,6 @@ class ReplyEmotionClassifier:
     @classmethod
     def from_corpus(cls, corpus: str | Path, split: str = "train", prompt_set: str = "mini", alpha: float = 0.1):
         """Fitted on the dialogue replies of ``corpus/{split}.jsonl``."""
-        from echat.data.schema import read_manifest
-
         return cls.from_records(read_manifest(Path(corpus) / f"{split}.jsonl"), prompt_set, alpha)
 
 
@@ -448,8 +450,6 @@ def reply_emotion_prediction(raw_text: str, prompt_set: str = "mini",
     parsed tag think (a). ``"classifier"``: ``classifier`` on the reply text (b). ``"none"``: no tag
     and no reply text (or no classifier): the prediction is None, which counts as wrong.
     """
-    from echat.prompts import parse_reply
-
     parsed = parse_reply(raw_text, prompt_set)
     if parsed.reply_emotion:
         return parsed.reply_emotion, "tag"

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from echat.audio import load_audio
 from echat.config import THINK_MODES, GenerationOptions
 from echat.data.schema import Record, read_manifest
+from echat.eval.asr import transcribe
 from echat.eval.metrics import (
     ReplyEmotionClassifier,
     cer,
@@ -65,8 +66,14 @@ from echat.eval.metrics import (
     think_parse_rate,
     wer,
 )
+from echat.eval.whisper_ct2 import whisper_base_files
+from echat.models.checkpoint import resolve_checkpoint
+from echat.models.echat import EChat
 from echat.models.encoder import EncoderCache
+from echat.models.generate import generate
 from echat.prompts import Cues, default_options, parse_tag_think, split_reply_tag
+from echat.text_tokenizer import load_tokenizer
+from echat.token2wav.mini import MiniToken2Wav
 from echat.tokens import (
     LABEL_SETS,
     REPLY_EMOTIONS,
@@ -107,9 +114,6 @@ PROTOCOL = {
 
 def load_model(path: str | Path, device: str = "cpu"):
     """The :class:`~echat.models.echat.EChat` of a checkpoint or run folder (:func:`resolve_checkpoint`)."""
-    from echat.models.checkpoint import resolve_checkpoint
-    from echat.models.echat import EChat
-
     return EChat.from_checkpoint(resolve_checkpoint(path), device)
 
 
@@ -201,8 +205,6 @@ def _rate(metric, refs: list[str], hyps: list[str]) -> float | None:
 
 def run_understanding(ctx: StageContext, clips: list[Record], desc: str) -> dict:
     """ASR CER/WER and age/gender/emotion/event accuracy of the clips (see the module protocol)."""
-    from echat.models.generate import generate
-
     refs: dict[str, list[str]] = {field: [] for field in LABEL_FIELDS}
     hyps: dict[str, list[str]] = {field: [] for field in LABEL_FIELDS}
     asr_refs, asr_hyps, examples = [], [], []
@@ -236,9 +238,6 @@ def _skipped_generation(items: int, reason: str) -> dict:
 
 def run_generation(ctx: StageContext, records: list[Record], desc: str) -> dict:
     """TTS round-trip WER of the model's speech tokens and of the ground-truth tokens."""
-    from echat.eval.asr import transcribe
-    from echat.models.generate import generate
-
     if ctx.skip_reason or not records:
         return _skipped_generation(len(records), ctx.skip_reason or "no TTS records in this subset")
     spoken = []
@@ -273,8 +272,6 @@ def think_references(record: Record) -> dict[str, str | None]:
 
 def run_empathy(ctx: StageContext, records: list[Record], desc: str) -> dict:
     """Think parse rate, think field accuracy and reply-emotion accuracy of the dialogue records."""
-    from echat.models.generate import generate
-
     raws, tasks = [], Counter()
     for record in tqdm(records, desc=desc, unit="dialogue", disable=not ctx.progress):
         task = empathy_task(record, ctx.think)
@@ -318,9 +315,6 @@ def _classifier(corpus: Path, records: list[Record], prompt_set: str) -> tuple[R
 
 def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
     """The corpus's MiniToken2Wav, or None and the reason the generation stage is skipped."""
-    from echat.eval.asr import whisper_base_files
-    from echat.token2wav.mini import MiniToken2Wav
-
     folder = corpus / "speech_tokenizer"
     if not folder.is_dir():
         return None, f"no speech tokenizer folder {folder}"
@@ -378,8 +372,6 @@ def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[st
         raise FileNotFoundError(f"{corpus}: no such corpus folder")
     records = read_manifest(corpus / f"{split}.jsonl")
     if model.tokenizer is None and (corpus / "text_tokenizer").is_dir():
-        from echat.text_tokenizer import load_tokenizer
-
         model.tokenizer = load_tokenizer(corpus / "text_tokenizer")
     prompt_set = model.config.text.prompt_set
     classifier, classifier_info = _classifier(corpus, records, prompt_set) if "empathy" in stages else (None, None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from echat.data.pipeline import check_corpus, load_split
-from echat.eval.asr import whisper_base_encoder_state
+from echat.eval.whisper_ct2 import whisper_base_encoder_state
 from echat.models.checkpoint import FINAL, resolve_checkpoint
 from echat.models.echat import EChat
 from echat.models.encoder import EncoderCache, load_whisper_encoder

@@ -1,8 +1,8 @@
 """EChat-mini: an offline empathetic speech-dialogue corpus with real synthesized audio.
 
 Design choices:
-- Each user *clip* is one sentence (:mod:`echat.data.mini_text`) said by one synthetic speaker with
-  one emotion and one optional sound event (:mod:`echat.data.mini_voices`); the assistant's reply —
+- Each user *clip* is one sentence (:mod:`echat.data.mini.text`) said by one synthetic speaker with
+  one emotion and one optional sound event (:mod:`echat.data.mini.voices`); the assistant's reply —
   its words and its reply emotion — is a function of the sentence *and* the cues, and is spoken by one
   fixed assistant voice. Every clip yields understanding records (ASR, ASR+P, only-P), one dialogue
   record (S2T / S2T think / S2S / S2S think) and, for some, TTS; T2T pairs and two-turn dialogues
@@ -31,8 +31,9 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from echat.data.mini_report import write_reports
-from echat.data.mini_text import (
+from echat.config import preset
+from echat.data.mini.report import write_reports
+from echat.data.mini.text import (
     T2T_PAIRS,
     Sentence,
     all_sentences,
@@ -40,8 +41,11 @@ from echat.data.mini_text import (
     split_sentences,
     think_paragraph,
 )
-from echat.data.mini_voices import ClipRecipe, Speaker, render_clip, render_reply
+from echat.data.mini.voices import ClipRecipe, Speaker, render_clip, render_reply
 from echat.data.schema import Record, write_manifest
+from echat.data.speech_tokens import MiniSpeechTokenizer
+from echat.prompts import prompt_texts
+from echat.text_tokenizer import build_mini_tokenizer, save_tokenizer
 from echat.tokens import AGES, GENDERS, NO_EVENT, SOUND_EVENTS
 
 EMOTIONS = ("<NEUTRAL>", "<HAPPY>", "<SAD>", "<ANGRY>", "<FEAR>", "<SURPRISE>")
@@ -282,8 +286,6 @@ def build_corpus(out: str | os.PathLike, size: str = "mini", seed: int = 0, work
 
     Returns the summary written to ``corpus.json``.
     """
-    from echat.data.speech_tokens import MiniSpeechTokenizer
-
     out = check_arguments(size, out, seed)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -327,10 +329,6 @@ def _write_splits(out: Path, clips, dialogues, tokens, spec: CorpusSize, seed: i
 
 def _write_text_tokenizer(out: Path, train: list[Record]) -> None:
     """The mini BPE, trained on the prompts and every training text (transcripts, replies, thinks)."""
-    from echat.config import preset
-    from echat.prompts import prompt_texts
-    from echat.text_tokenizer import build_mini_tokenizer, save_tokenizer
-
     texts = prompt_texts("mini") + [r.txt for r in train]
     texts += [str(r.extra.get(k, "")) for r in train for k in ("think_str", "question")]
     save_tokenizer(build_mini_tokenizer(texts, vocab_size=preset("mini").text.bpe_vocab_size), out / "text_tokenizer")

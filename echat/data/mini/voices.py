@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import butter, sosfilt
 
-from echat.data.espeak import Voice, synthesize
+from echat.data.mini.espeak import Voice, synthesize
 
 SAMPLE_RATE_HZ = 16_000
 GAP_S = 0.12  # silence between an event and the sentence

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from echat.data.check import check_manifest
-from echat.data.mini_corpus import SIZES, build_corpus, check_arguments, plan_clips
-from echat.data.mini_text import all_sentences, reply_text
+from echat.data.mini.corpus import SIZES, build_corpus, check_arguments, plan_clips
+from echat.data.mini.text import all_sentences, reply_text
 from echat.data.schema import read_manifest
 
 

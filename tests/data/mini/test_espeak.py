@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from echat.data import espeak
-from echat.data.espeak import NATIVE_RATE_HZ, Voice, list_variants, list_voices, synthesize
+from echat.data.mini import espeak
+from echat.data.mini.espeak import NATIVE_RATE_HZ, Voice, list_variants, list_voices, synthesize
 from echat.data.schema import read_manifest
 from tests.conftest import FIXTURES
 

@@ -1,211 +1,29 @@
-"""Run the numbered notebooks headless, and the small display helpers the notebooks share.
-
-Running: :func:`run_notebook` executes one notebook with papermill (parameters injected into the
-cell tagged ``parameters``, working directory = the notebook's folder, as in JupyterLab);
-:func:`run_all` runs every ``notebooks/NN_*.ipynb``, renders each to HTML and writes an
-``index.html``; ``python -m echat.notebooks --preset mini --out runs/demo`` runs them alone, and
-``make demo`` (:mod:`echat.demo`) runs them after the training recipe and its evaluation.
-
-Displaying: :class:`Rendered` carries a plain-text and an HTML form of the same view (notebooks show
-the HTML, ``print`` shows the text); :func:`table`, :func:`preset_table`, :func:`module_table`,
-:func:`layout_view`, :func:`example_strip`, :func:`category_counts`, :func:`batch_table` and
-:func:`audio_grid` build them; :func:`speech_token_plot` and :func:`confusion_grid` draw figures for the
-training-stage notebooks. Heavy imports (papermill, nbconvert, torch) happen inside the functions that
-need them, so ``import echat.notebooks`` stays light.
+"""What the notebooks show: :class:`Rendered` carries a plain-text and an HTML form of the same view
+(notebooks show the HTML, ``print`` shows the text); :func:`table`, :func:`preset_table`,
+:func:`module_table`, :func:`layout_view`, :func:`example_strip`, :func:`category_counts`,
+:func:`batch_table` and :func:`audio_grid` build them; :func:`parameter_counts` counts a model's
+parameters; :func:`speech_token_plot` and :func:`confusion_grid` draw figures for the training-stage
+notebooks. matplotlib and IPython are imported inside the functions that draw or play.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import html
 import json
-import re
-import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-KERNEL_NAME = "python3"
-_NUMBERED = re.compile(r"\d\d_.+\.ipynb")
+import numpy as np
 
+from echat.audio import num_frames
+from echat.config import preset
+from echat.eval.metrics import plot_confusion
+from echat.eval.report import confusion_tables
+from echat.tokens import IGNORE_INDEX, Stream
 
-# ----------------------------------------------------------------------------------------------
-# Running notebooks
-# ----------------------------------------------------------------------------------------------
-
-
-class NotebookError(RuntimeError):
-    """A notebook that failed to run; the message names the notebook and the failing cell."""
-
-
-@dataclass
-class NotebookResult:
-    """Outcome of one notebook run: ``seconds`` of wall time, ``error`` empty when ``ok``."""
-
-    name: str
-    ok: bool
-    seconds: float
-    error: str = ""
-    notebook: Path | None = None  # the executed copy
-    html: Path | None = None  # its HTML rendering
-
-
-def numbered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The ``NN_*.ipynb`` notebooks of ``folder``, sorted by name (so by number)."""
-    return sorted(p for p in Path(folder).glob("*.ipynb") if _NUMBERED.fullmatch(p.name))
-
-
-def run_notebook(path: str | Path, out_path: str | Path, parameters: dict, timeout: int = 1800) -> Path:
-    """Execute ``path`` with papermill into ``out_path`` and return ``out_path``.
-
-    ``parameters`` replace the defaults of the cell tagged ``parameters``; the kernel is ``python3``
-    and starts in the notebook's own folder; ``timeout`` is in seconds per cell. Raises
-    :class:`NotebookError` naming the notebook and the failing cell (the executed copy is still
-    written, with the error in place).
-    """
-    import papermill as pm
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    path, out_path = Path(path).resolve(), Path(out_path).resolve()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        pm.execute_notebook(str(path), str(out_path), parameters=parameters, kernel_name=KERNEL_NAME,
-                            cwd=str(path.parent), execution_timeout=timeout, progress_bar=False)
-    except pm.PapermillExecutionError as err:
-        first_line = (err.source or "").strip().splitlines()[:1]
-        raise NotebookError(f"{path.name}: cell {err.cell_index} (execution {err.exec_count}, "
-                            f"{first_line[0] if first_line else 'empty'!r}) failed: "
-                            f"{err.ename}: {err.evalue}") from None
-    except (CellTimeoutError, DeadKernelError) as err:
-        raise NotebookError(f"{path.name}: {type(err).__name__}: {err}") from None
-    return out_path
-
-
-def select_notebooks(only: Sequence[str] | None = None, folder: Path = NOTEBOOK_DIR) -> list[Path]:
-    """Numbered notebooks whose name starts with one of ``only`` (e.g. ``["00", "02"]``); all if empty."""
-    notebooks = numbered_notebooks(folder)
-    if not only:
-        return notebooks
-    chosen = [p for p in notebooks if any(p.name.startswith(prefix) for prefix in only)]
-    missing = [prefix for prefix in only if not any(p.name.startswith(prefix) for p in notebooks)]
-    if missing:
-        names = ", ".join(p.name for p in notebooks) or "none"
-        raise ValueError(f"no notebook matches {missing}; available: {names}")
-    return chosen
-
-
-def run_all(out_dir: str | Path, preset: str = "mini", only: Sequence[str] | None = None,
-            links: Sequence[tuple[str, str]] = ()) -> list[NotebookResult]:
-    """Run the numbered notebooks (or those matching ``only``) with ``PRESET`` and ``RUN_DIR`` set.
-
-    Executed copies and their HTML go to ``out_dir``, with ``out_dir/index.html`` linking them (and
-    ``links``: (file relative to ``out_dir``, title) pairs, e.g. the demo's figures).
-    ``RUN_DIR`` is passed as an absolute path, since notebooks run in their own folder.
-    """
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    progress = tqdm(select_notebooks(only), desc=f"notebooks ({preset})", unit="nb")
-    for path in progress:
-        progress.set_postfix_str(path.name)
-        results.append(_run_one(path, out_dir, preset))
-    progress.close()
-    write_index(out_dir, results, preset, links)
-    return results
-
-
-def _run_one(path: Path, out_dir: Path, preset: str) -> NotebookResult:
-    """Run and render one notebook, turning a failure into a result instead of an exception."""
-    out = out_dir / path.name
-    start = time.perf_counter()
-    error = ""
-    try:
-        run_notebook(path, out, {"PRESET": preset, "RUN_DIR": str(out_dir)})
-    except NotebookError as err:
-        error = str(err)
-    seconds = time.perf_counter() - start
-    page = render_html(out) if out.is_file() else None
-    return NotebookResult(path.stem, not error, seconds, error, out if out.is_file() else None, page)
-
-
-def render_html(notebook: Path) -> Path | None:
-    """Write ``notebook`` as HTML next to it (nbconvert's ``HTMLExporter``); None if that fails."""
-    from nbconvert import HTMLExporter
-
-    try:
-        body, _ = HTMLExporter().from_filename(str(notebook))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:  # keep the run's own result
-        print(f"warning: could not render {notebook.name} to HTML: {err}", file=sys.stderr)
-        return None
-    page = notebook.with_suffix(".html")
-    page.write_text(body, encoding="utf-8")
-    return page
-
-
-def write_index(out_dir: Path, results: list[NotebookResult], preset: str,
-                links: Sequence[tuple[str, str]] = ()) -> Path:
-    """``out_dir/index.html``: one row per notebook with a link, status and wall time; ``links``
-    ((file, title) pairs) are listed above the table."""
-    extra = " · ".join(f'<a href="{html.escape(target)}">{html.escape(title)}</a>' for target, title in links)
-    rows = []
-    for r in results:
-        name = html.escape(r.name)
-        link = f'<a href="{html.escape(r.html.name)}">{name}</a>' if r.html else name
-        status = "ok" if r.ok else "FAILED"
-        rows.append(f"<tr><td>{link}</td><td class='{status.lower()}'>{status}</td>"
-                    f"<td>{r.seconds:.1f} s</td><td><pre>{html.escape(r.error)}</pre></td></tr>")
-    total = sum(r.seconds for r in results)
-    page = (f"<!doctype html><meta charset='utf-8'><title>echat notebooks ({html.escape(preset)})</title>"
-            "<style>body{font-family:sans-serif}td{padding:2px 12px;vertical-align:top}"
-            ".ok{color:#070}.failed{color:#b00;font-weight:bold}pre{margin:0;white-space:pre-wrap}</style>"
-            f"<h1>echat notebooks, preset <code>{html.escape(preset)}</code></h1>"
-            f"<p>{sum(r.ok for r in results)}/{len(results)} ok, {total:.1f} s in all, "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>" + (f"<p>{extra}</p>" if extra else "")
-            + "<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>error</th></tr>"
-            + "".join(rows) + "</table>")
-    index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
-
-
-def summary(results: list[NotebookResult]) -> str:
-    """A plain-text table of the results (name, status, seconds, first line of the error)."""
-    rows = [[r.name, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", (r.error.splitlines() or [""])[0]]
-            for r in results]
-    return table(["notebook", "status", "seconds", "error"], rows).text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m echat.notebooks``: run the notebooks, print a summary, exit 1 if any failed."""
-    from echat.config import PRESETS
-
-    parser = argparse.ArgumentParser(
-        prog="python -m echat.notebooks", description="Run every numbered notebook headless.",
-        epilog="example:\n  python -m echat.notebooks --preset mini --out runs/demo --only 00 02",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="mini", choices=sorted(PRESETS))
-    parser.add_argument("--out", default="runs/demo", help="folder for executed notebooks and index.html")
-    parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 00 02")
-    args = parser.parse_args(argv)
-    try:
-        results = run_all(args.out, args.preset, args.only)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(summary(results))
-    print(f"report: {Path(args.out).resolve() / 'index.html'}")
-    return 0 if all(r.ok for r in results) else 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Display helpers
-# ----------------------------------------------------------------------------------------------
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -246,8 +64,6 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str 
 
 def preset_table(names: Sequence[str] = ("smoke", "mini", "osum-echat")) -> Rendered:
     """The presets side by side: component sizes read from each config."""
-    from echat.config import preset
-
     configs = [preset(n) for n in names]
     rows = [
         ("world", lambda c: c.world),
@@ -365,16 +181,12 @@ def layout_view(segments, positions: Sequence[int] = (), boundary: int | None = 
 
 def clip_positions(sample, config) -> list[int]:
     """LLM positions of each clip of a :class:`~echat.data.pipeline.Sample` (history first, then current)."""
-    from echat.audio import num_frames
-
     clips = [*sample.history_audio, *([sample.audio] if sample.audio is not None else [])]
     return [config.llm_positions(num_frames(len(wave))) for wave in clips]
 
 
 def position_categories(example, special) -> list[str]:
     """What each position of an encoded :class:`~echat.data.pipeline.Example` is for the loss (see STYLES)."""
-    from echat.tokens import IGNORE_INDEX, Stream
-
     out = []
     for token, stream, label in zip(example.ids.tolist(), example.stream.tolist(), example.labels.tolist()):
         if stream == Stream.AUDIO:
@@ -415,8 +227,6 @@ def example_strip(example, tokenizer, special) -> Rendered:
 
 def _piece(token: int, stream: int, tokenizer, special) -> str:
     """Readable form of one id: decoded text piece, or a speech id name."""
-    from echat.tokens import Stream
-
     if stream == Stream.SPEECH:
         names = {special.speech_boundary: "B", special.audio_bos: "<bos>", special.audio_eos: "<eos>"}
         return names.get(token, f"s{token}")
@@ -436,8 +246,6 @@ def batch_table(batches, kind_of: dict | None = None) -> Rendered:
     With ``kind_of`` (record key -> output type) the last column checks that every row of a batch
     has the batch's output type.
     """
-    from echat.tokens import IGNORE_INDEX
-
     rows = []
     for b in batches:
         same = "?" if kind_of is None else "yes" if all(kind_of[k] == b.kind for k in b.keys) else "NO"
@@ -492,7 +300,6 @@ def audio_grid(clips: Sequence[tuple[str, str, object]], columns: int = 3, rate:
     (e.g. a model that produced no speech tokens) gets "(no audio)" instead of a player. The text form
     lists the titles and notes.
     """
-    import numpy as np
     from IPython.display import Audio
 
     cells, lines = [], []
@@ -522,7 +329,6 @@ def speech_token_plot(rows: Sequence[tuple[str, Sequence[int]]], codebook_size: 
     ``rows``: (title, token ids) pairs; ids at or above ``codebook_size`` (boundary / stop) are left out.
     Returns a matplotlib ``Figure`` (no pyplot state is touched).
     """
-    import numpy as np
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 1.6 * max(1, len(rows)) + 0.4), layout="constrained")
@@ -543,9 +349,6 @@ def confusion_grid(report: dict, columns: int = 4, panel: float = 4.2):
     field (rows = reference, columns = prediction, colour = share of the row). Returns a ``Figure``."""
     from matplotlib.figure import Figure
 
-    from echat.eval.metrics import plot_confusion
-    from echat.eval.report import confusion_tables
-
     tables = confusion_tables(report)
     per_subset = max(1, max((sum(t[0] == s for t in tables) for s in report["subsets"]), default=1))
     columns = min(columns, per_subset)
@@ -558,7 +361,3 @@ def confusion_grid(report: dict, columns: int = 4, panel: float = 4.2):
     for ax in axes[len(tables):]:
         ax.set_visible(False)
     return fig
-
-
-if __name__ == "__main__":
-    sys.exit(main())

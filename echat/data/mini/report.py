@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echat.data.cue_stats import clip_features, nearest_centroid_accuracy, per_label_means, plot_cues
+from echat.data.mini.cue_stats import clip_features, nearest_centroid_accuracy, per_label_means, plot_cues
 
 MAX_CUE_CLIPS = 360  # acoustic statistics use at most this many clips (YIN is the slow part)
 LABEL_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}

@@ -3,7 +3,8 @@
 import nbformat
 import pytest
 
-from echat import notebooks as runner
+from echat.workbench import display
+from echat.workbench import notebooks as runner
 
 NOTEBOOKS = runner.numbered_notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
@@ -99,6 +100,6 @@ def test_index_and_summary(tmp_path):
 
 
 def test_rendered_table_has_text_and_html():
-    view = runner.table(["a", "b"], [[1, "<x>"]])
-    assert isinstance(view, runner.Rendered)
+    view = display.table(["a", "b"], [[1, "<x>"]])
+    assert isinstance(view, display.Rendered)
     assert "&lt;x&gt;" in view._repr_html_() and "<x>" in str(view)

@@ -1,0 +1,1 @@
+"""Tests of ``echat.data.mini``: the EChat-mini builders."""

@@ -1,0 +1,1 @@
+"""Tests of ``echat.workbench``: run folders, figures, the demo, notebooks and their display helpers."""
