@@ -21,12 +21,18 @@ import numpy as np
 import soundfile as sf
 import torch
 
-SAMPLE_RATE_HZ = 16_000
-N_FFT_SAMPLES = 400  # 25 ms analysis window at 16 kHz
-HOP_SAMPLES = 160  # 10 ms hop at 16 kHz
-N_MELS = 80
+from echat.config import AudioConfig
+
+# The rates and hops of the front-end, for every module that reads or writes audio. Their numbers are
+# written once, as the defaults of config.AudioConfig, which every checkpoint stores (and which the light
+# modules read, such as the manifest checker, that must not import torch).
+_FRONT_END = AudioConfig()
+SAMPLE_RATE_HZ = _FRONT_END.sample_rate_hz  # 16 kHz mono
+N_FFT_SAMPLES = _FRONT_END.n_fft_samples  # 25 ms analysis window
+HOP_SAMPLES = _FRONT_END.hop_samples  # 10 ms hop
+N_MELS = _FRONT_END.n_mels
 FRAME_RATE_HZ = SAMPLE_RATE_HZ // HOP_SAMPLES  # 100 feature frames per second
-MIN_SAMPLES = 400  # 25 ms; the reference rejects shorter clips ("Audio too short")
+MIN_SAMPLES = _FRONT_END.min_samples  # 25 ms; the reference rejects shorter clips ("Audio too short")
 LOG_FLOOR = 1e-10  # mel power clamp before log10 (avoids log of zero)
 DYNAMIC_RANGE_LOG10 = 8.0  # keep 8 decades (80 dB) below each utterance's peak
 LOG_OFFSET = 4.0  # Whisper's affine squash: (log10 + 4) / 4 lands speech near [-1, 1]

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from echat.config import ThinkMode
+
 EXAMPLES = {
     "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
     "data check": "echat data check data/train.jsonl\n  echat data check shards/shards_list.txt",
@@ -172,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", default=None, help="run folder or checkpoint to start from")
     train.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png)")
     train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--think", default="tag", choices=["none", "tag", "language"])
+    train.add_argument("--think", type=ThinkMode, default=ThinkMode.TAG, choices=list(ThinkMode),
+                       help="think mode of the empathy stage, stored in its checkpoints (default tag)")
     train.add_argument("--lora", action="store_true", help="train LoRA adapters instead of the whole LLM")
     train.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint")
     train.add_argument("--seed", type=int, default=None, help="training seed (weights, data order, dropout); "
@@ -185,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--data", required=True, help="corpus folder (train/test jsonl, speech_tokenizer/)")
     evaluation.add_argument("--split", default="test", help="split to evaluate (default test)")
     evaluation.add_argument("--limit", type=int, default=None, help="at most N items per stage and subset")
-    evaluation.add_argument("--think", default="tag", choices=["tag", "language", "none"])
+    evaluation.add_argument("--think", type=ThinkMode, default=ThinkMode.TAG, choices=list(ThinkMode),
+                            help="think form of the empathy dialogues (default tag)")
     evaluation.add_argument("--stages", nargs="+", default=["understanding", "generation", "empathy"],
                             choices=["understanding", "generation", "empathy", "probe", "hearing", "ladder"],
                             help="stages to run (default the three; probe: what a stage-1 run's encoder carries, "

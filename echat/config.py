@@ -5,6 +5,8 @@ Design choices:
 - Presets are functions (``smoke``, ``mini``, ``osum-echat``), not YAML graphs.
 - Sizes that follow from others are properties (speech ids, adapter input width), never stored twice.
 - ``GenerationOptions`` is frozen: one options object per call, no global decoding state.
+- :class:`ThinkMode` is the one type of a think mode; the checkpoint's config stores the mode its model
+  was trained to answer with (``EChatConfig.think``), which ``generate`` uses unless told otherwise.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-ThinkMode = Literal["none", "tag", "language"]
-THINK_MODES: tuple[str, ...] = ("none", "tag", "language")
+
+class ThinkMode(StrEnum):
+    """How the assistant reasons before it replies (the paper's dual think): ``none``; ``tag``, the
+    user's words and cues as fields and labels; ``language``, a paragraph. A plain string of the same
+    name converts: ``ThinkMode("tag")``."""
+
+    NONE = "none"
+    TAG = "tag"
+    LANGUAGE = "language"
 
 
 @dataclass
@@ -250,6 +260,9 @@ class EChatConfig:
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     text: TextConfig = field(default_factory=TextConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The think mode the model was last trained to answer with (set by training, stored in every
+    # checkpoint); generate() uses it when no mode is asked for.
+    think: ThinkMode = ThinkMode.NONE
 
     def llm_positions(self, mel_frames: int) -> int:
         """LLM positions for ``mel_frames`` of audio (100 Hz -> 50 Hz encoder -> 12.5 Hz adapter)."""
@@ -297,6 +310,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value, f"{where}.{name}")
+        elif isinstance(hint, type) and issubclass(hint, Enum):
+            value = hint(value)
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value

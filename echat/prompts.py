@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from echat.config import GenerationOptions
+from echat.config import GenerationOptions, ThinkMode
 from echat.tokens import (
+    CUE_FIELDS,
     FIELD_DEFAULTS,
     IM_END,
     IM_START,
@@ -197,10 +198,10 @@ class Cues:
         """From a record's ``extra`` (reference field names: q_txt/question, age, gender, q_emotion, caption)."""
         return cls(
             transcript=str(extra.get("q_txt") or extra.get("question") or ""),
-            age=extra.get("age") or None,
-            gender=extra.get("gender") or None,
-            emotion=extra.get("q_emotion") or None,
-            event=extra.get("caption") or None,
+            age=extra.get(CUE_FIELDS["age"]) or None,
+            gender=extra.get(CUE_FIELDS["gender"]) or None,
+            emotion=extra.get(CUE_FIELDS["emotion"]) or None,
+            event=extra.get(CUE_FIELDS["event"]) or None,
         )
 
 
@@ -227,7 +228,7 @@ def tag_think_body(cues: Cues, reply_emotion: str, prompt_set: PromptSet, unknow
     )
 
 
-def format_reply(reply: str, think: str, prompt_set: PromptSet, *, cues: Cues | None = None,
+def format_reply(reply: str, think: ThinkMode | str, prompt_set: PromptSet, *, cues: Cues | None = None,
                  think_text: str = "", rng: random.Random | None = None, unknown_prob: float = 0.85) -> str:
     """The assistant's text for a chat task under a think mode (label text, without ``<|im_end|>``).
 
@@ -238,26 +239,26 @@ def format_reply(reply: str, think: str, prompt_set: PromptSet, *, cues: Cues | 
     or the defaults, as in the reference.
     """
     emotion, text = split_reply_tag(reply, prompt_set)
-    if think == "none":
+    if think == ThinkMode.NONE:
         return text
-    if think == "language":
+    if think == ThinkMode.LANGUAGE:
         if not think_text:
             raise ValueError("language think needs a think text (extra.think_str)")
         return f"{THINK_OPEN}{think_text}{THINK_CLOSE}{text}"
-    if think != "tag":
+    if think != ThinkMode.TAG:
         raise ValueError(f"unknown think mode {think!r}; choose none, tag or language")
     unknown = (rng or random.Random(0)).random() < unknown_prob
     body = tag_think_body(cues or Cues(), emotion, prompt_set, unknown)
     return f"{THINK_OPEN}{body}{THINK_CLOSE}{emotion}{text}"
 
 
-def chat_label(reply: str, kind: OutputType, think: str, prompt_set: PromptSet, **think_args) -> str:
+def chat_label(reply: str, kind: OutputType, think: ThinkMode | str, prompt_set: PromptSet, **think_args) -> str:
     """Label text of a chat output type: think tasks get the think block; in the tag-think world the
     plain chat tasks keep their leading reply-emotion tag (as the reference's tag processor does)."""
     if kind.thinks:
         return format_reply(reply, think, prompt_set, **think_args)
     emotion, text = split_reply_tag(reply, prompt_set)
-    return emotion + text if think == "tag" else text
+    return emotion + text if think == ThinkMode.TAG else text
 
 
 @dataclass(frozen=True)
@@ -271,14 +272,31 @@ class ParsedReply:
     well_formed: bool = True
 
 
+def think_body(text: str) -> str | None:
+    """The text between ``<think>`` (which must open ``text``) and ``<think end>``; None if absent."""
+    if not text.startswith(THINK_OPEN) or THINK_CLOSE not in text:
+        return None
+    return text[len(THINK_OPEN):].split(THINK_CLOSE, 1)[0]
+
+
+def think_well_formed(text: str, think: ThinkMode | str = ThinkMode.TAG, prompt_set: PromptSet = "mini") -> bool:
+    """What a well-formed think is: ``text`` opens with a closed think block, and with ``think="tag"``
+    its body also matches the tag-think template (:func:`parse_tag_think`)."""
+    body = think_body(text)
+    if body is None:
+        return False
+    return think != ThinkMode.TAG or bool(parse_tag_think(body, prompt_set))
+
+
 def parse_reply(text: str, prompt_set: PromptSet) -> ParsedReply:
     """Inverse of :func:`format_reply` for any think mode; tolerant, reports ``well_formed``."""
     think = None
     well_formed = True
     if text.startswith(THINK_OPEN):
-        if THINK_CLOSE not in text:
+        think = think_body(text)
+        if think is None:
             return ParsedReply(think=text[len(THINK_OPEN):], reply="", reply_emotion=None, well_formed=False)
-        think, text = text[len(THINK_OPEN):].split(THINK_CLOSE, 1)
+        text = text[len(THINK_OPEN) + len(think) + len(THINK_CLOSE):]
     match = _LEADING_TAG.match(text)
     emotion = match.group(1) if match and match.group(1) in REPLY_EMOTIONS[prompt_set] else None
     reply = text[match.end():].strip() if emotion else text.strip()
@@ -329,10 +347,10 @@ USER_HEADER = f"{IM_START}user\n"
 ASSISTANT_HEADER = f"{IM_END}\n{IM_START}assistant\n"  # the reference's "pattern2"
 
 
-def effective_output_type(task: str, think: str) -> OutputType:
+def effective_output_type(task: str, think: ThinkMode | str) -> OutputType:
     """Output type of ``task`` once the think mode is applied (think tasks without think fall back)."""
     kind = output_type(task)
-    return WITHOUT_THINK.get(kind, kind) if think == "none" else kind
+    return WITHOUT_THINK.get(kind, kind) if think == ThinkMode.NONE else kind
 
 
 def build_layout(kind: OutputType, prompt_set: PromptSet, *, label: str | None = None,

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
+from echat.config import ThinkMode
+
 # --- ChatML and think markers (plain text in the reference, not special tokens) ----------------
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"  # text EOS: ends every label and switches generation to the speech phase
@@ -95,6 +97,15 @@ TASK_ALIASES = {
 }
 # Think tasks fall back to these when a model is trained or run without thinking (think="none").
 WITHOUT_THINK = {OutputType.S2T_THINK: OutputType.S2T_CHAT, OutputType.S2S_THINK: OutputType.S2S}
+
+
+def task_for(speech_out: bool, think: ThinkMode) -> str:
+    """The chat task of a spoken user turn: a spoken (``speech_out``) or a text reply, with a think block
+    unless ``think`` is none. Both think modes share the task and the prompt (as in the reference): the
+    checkpoint's training decides whether the think is tags or language."""
+    if ThinkMode(think) is ThinkMode.NONE:
+        return f"{S2TCHAT} {TEXT2TOKEN}" if speech_out else S2TCHAT
+    return f"{S2TCHAT} {TEXT2TOKEN} {THINK}" if speech_out else f"{S2TCHAT} {THINKER}"
 
 _TAG = re.compile(r"<[^<>\s]+>")
 

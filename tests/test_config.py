@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from echat.config import PRESETS, EChatConfig, GenerationOptions, preset
+from echat.config import PRESETS, EChatConfig, GenerationOptions, ThinkMode, preset
 from echat.tokens import MINI_LABEL_TAGS
 
 
@@ -60,3 +60,16 @@ def test_generation_options_are_frozen():
     options = GenerationOptions(top_k=5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.top_k = 3
+
+
+def test_the_think_mode_is_typed_and_stored_in_the_config(tmp_path):
+    config = preset("smoke")
+    assert config.think is ThinkMode.NONE
+    config.think = ThinkMode.TAG
+    config.save(tmp_path / "config.json")
+    assert '"think": "tag"' in (tmp_path / "config.json").read_text()
+    assert EChatConfig.load(tmp_path / "config.json").think is ThinkMode.TAG
+    (tmp_path / "bad.json").write_text((tmp_path / "config.json").read_text().replace('"tag"', '"loud"'))
+    with pytest.raises(ValueError, match="not a valid echat config"):
+        EChatConfig.load(tmp_path / "bad.json")
+    assert ThinkMode("language") is ThinkMode.LANGUAGE and f"{ThinkMode.LANGUAGE}" == "language"

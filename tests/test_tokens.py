@@ -2,7 +2,7 @@
 
 import pytest
 
-from echat.config import preset
+from echat.config import ThinkMode, preset
 from echat.tokens import (
     CHAT_TASKS,
     REPLY_EMOTION_PAIRS,
@@ -14,6 +14,7 @@ from echat.tokens import (
     normalize_task,
     output_type,
     split_speech_output,
+    task_for,
 )
 
 
@@ -95,3 +96,12 @@ def test_pack_layout_follows_the_answer_the_task_asks_for():
     assert blocks("<TRANSCRIBE>") == ["words", *CUE_FIELDS]  # nothing asked: CUE_FIELDS order
     assert blocks("<S2TCHAT> <TEXT2TOKEN> <THINK>", thinks=True) == [
         "words", "age", "gender", "emotion", "event"]  # the tag think's order, after what was said
+
+
+@pytest.mark.parametrize("speech_out, think, task", [
+    (True, "none", "<S2TCHAT> <TEXT2TOKEN>"), (True, "tag", "<S2TCHAT> <TEXT2TOKEN> <THINK>"),
+    (True, "language", "<S2TCHAT> <TEXT2TOKEN> <THINK>"), (False, "none", "<S2TCHAT>"),
+    (False, "tag", "<S2TCHAT> <THINKER>"), (False, "language", "<S2TCHAT> <THINKER>")])
+def test_task_for_a_spoken_turn_follows_the_reply_kind_and_the_think(speech_out, think, task):
+    assert task_for(speech_out, ThinkMode(think)) == task
+    assert output_type(task).speech_out == speech_out and output_type(task).thinks == (think != "none")

@@ -24,12 +24,13 @@ from typing import TextIO
 import soundfile as sf
 from tqdm import tqdm
 
+from echat.config import AudioConfig
 from echat.data.schema import ManifestError, PathType, Problem, Record, read_manifest_report
 from echat.data.shards import iter_shard_records
-from echat.tokens import OutputType
+from echat.tokens import CUE_FIELDS, LABEL_SETS, OutputType
 
-SAMPLE_RATE_HZ = 16_000
-LABEL_FIELDS = ("age", "gender", "q_emotion", "caption")  # extra fields counted as labels
+SAMPLE_RATE_HZ = AudioConfig.sample_rate_hz  # the front-end rate (echat.audio.SAMPLE_RATE_HZ), read light
+LABEL_FIELDS = tuple(CUE_FIELDS[field] for field in LABEL_SETS)  # extra fields counted as labels
 TXT_TAGS = "txt tag"  # label group: <TAG>s inside the transcripts of understanding tasks
 END_TOLERANCE_S = 0.01  # a segment may end this far past the end of its audio
 _TAG = re.compile(r"<[^<>\s]+>")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from echat.audio import AudioError, load_audio, log_mel
-from echat.config import EChatConfig
+from echat.config import EChatConfig, ThinkMode
 from echat.data.schema import Record, read_manifest
 from echat.prompts import (
     Cues,
@@ -197,10 +197,10 @@ def spec_augment(feats: torch.Tensor, config: EChatConfig, gen: torch.Generator)
 class SampleEncoder(SequenceEncoder):
     """Turns a :class:`Sample` into an :class:`Example` for one model (config + tokenizer + think mode)."""
 
-    def __init__(self, config: EChatConfig, tokenizer, think: str = "none",
+    def __init__(self, config: EChatConfig, tokenizer, think: ThinkMode | str = ThinkMode.NONE,
                  instructions: dict | None = None, text_lm: bool = False):
         super().__init__(config, tokenizer, text_lm)
-        self.think = think
+        self.think = ThinkMode(think)
         self.instructions = instructions
         self._feats: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # log-mel per decoded clip (by array identity)
 
@@ -304,7 +304,7 @@ class DataPipeline:
 
     config: EChatConfig
     tokenizer: object
-    think: str = "none"
+    think: ThinkMode = ThinkMode.NONE
     train: bool = True
     sort_buffer: int = 500
     instructions: dict | None = None

@@ -34,9 +34,9 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from echat.audio import SAMPLE_RATE_HZ  # Whisper reads 16 kHz, as echat's front-end does
 from echat.eval.whisper_ct2 import BASE_DIMS, WhisperBaseFiles, whisper_base_state
 
-SAMPLE_RATE_HZ = 16_000
 MAX_SECONDS = 30.0  # Whisper's input window
 # Decoding: the prompt takes 4 of the 448 decoder positions. Each batch gets at most
 # 16 + 12 tokens per second of its longest wave (fast speech is ~10 tokens/s), which stops

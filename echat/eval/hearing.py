@@ -54,12 +54,12 @@ from echat.models.checkpoint import latest_trainer_checkpoint
 from echat.models.encoder import EncoderCache, mean_frame
 from echat.models.generate import generate
 from echat.models.heads import load_heads
-from echat.tokens import CUE_FIELDS, FIELD_OF_TASK_TAG, LABEL_SETS, TRANSCRIBE, canonical_label
+from echat.tokens import CUE_FIELDS, FIELD_OF_TASK_TAG, LABEL_SETS, TRANSCRIBE, asked_fields, canonical_label
 from echat.train.bridge import bridge_targets, cue_tags, dictation_for
 from echat.train.plots import plot_hearing
 
 ASRP_TASK = "<TRANSCRIBE> <EMOTION> <AGE> <GENDER>"
-ASRP_FIELDS = (("emotion", "q_emotion"), ("age", "age"), ("gender", "gender"))  # task order
+ASRP_FIELDS = tuple((field, CUE_FIELDS[field]) for field in asked_fields(ASRP_TASK))  # task order
 ONLY_P_FIELD_TASKS = {field: task for task, field in FIELD_OF_TASK_TAG.items()}
 SETS = ("train", "seen", "unseen")
 GREEDY_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=64)

@@ -57,12 +57,10 @@ import jiwer
 import numpy as np
 
 from echat.data.schema import Record, read_manifest
-from echat.prompts import parse_reply, parse_tag_think, split_reply_tag
+from echat.prompts import parse_reply, split_reply_tag, think_well_formed
 from echat.tokens import (
     LABEL_SETS,
     REPLY_EMOTIONS,
-    THINK_CLOSE,
-    THINK_OPEN,
     OutputType,
     canonical_label,
     output_type,
@@ -291,22 +289,6 @@ THINK_FIELDS = ("transcript", "age", "gender", "emotion", "event", "reply_emotio
 
 def _raw_text(result: Any) -> str:
     return result if isinstance(result, str) else result.raw_text
-
-
-def think_body(text: str) -> str | None:
-    """The text between ``<think>`` (which must open ``text``) and ``<think end>``; None if absent."""
-    if not text.startswith(THINK_OPEN) or THINK_CLOSE not in text:
-        return None
-    return text[len(THINK_OPEN):].split(THINK_CLOSE, 1)[0]
-
-
-def think_well_formed(text: str, think: str = "tag", prompt_set: str = "mini") -> bool:
-    """Whether ``text`` opens with a closed think block; for ``think="tag"`` the body must also
-    match the tag-think template (:func:`echat.prompts.parse_tag_think`)."""
-    body = think_body(text)
-    if body is None:
-        return False
-    return think != "tag" or bool(parse_tag_think(body, prompt_set))
 
 
 def think_parse_rate(results: Sequence[Any], think: str = "tag", prompt_set: str = "mini") -> float:

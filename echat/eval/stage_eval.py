@@ -48,7 +48,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from echat.audio import load_audio
-from echat.config import THINK_MODES, GenerationOptions
+from echat.config import GenerationOptions, ThinkMode
 from echat.data.schema import Record, read_manifest
 from echat.eval.asr import transcribe
 from echat.eval.metrics import (
@@ -61,7 +61,6 @@ from echat.eval.metrics import (
     pick_label,
     reply_emotion_prediction,
     split_asr_output,
-    think_body,
     think_field_accuracy,
     think_parse_rate,
     wer,
@@ -71,26 +70,24 @@ from echat.models.checkpoint import resolve_checkpoint
 from echat.models.echat import EChat
 from echat.models.encoder import EncoderCache
 from echat.models.generate import generate
-from echat.prompts import Cues, default_options, parse_tag_think, split_reply_tag
+from echat.prompts import Cues, default_options, parse_tag_think, split_reply_tag, think_body
 from echat.text_tokenizer import load_tokenizer
 from echat.token2wav.mini import MiniToken2Wav
 from echat.tokens import (
+    CUE_FIELDS,
     LABEL_SETS,
     REPLY_EMOTIONS,
-    S2TCHAT,
     TEXT2TOKEN,
-    THINK,
-    THINKER,
     TRANSCRIBE,
     OutputType,
     canonical_label,
     output_type,
+    task_for,
 )
 
 STAGES = ("understanding", "generation", "empathy")
 NONE_LABEL = "<NONE>"  # the prediction of an output that holds no label of the field
 ONLY_P_TASKS = {"<AGE> <GENDER>": ("age", "gender"), "<EMOTION>": ("emotion",), "<CAPTION>": ("event",)}
-LABEL_FIELDS = {"age": "age", "gender": "gender", "emotion": "q_emotion", "event": "caption"}  # field -> extra
 UNDERSTANDING_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=64)
 EMPATHY_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=256, max_speech_tokens=0)
 TTS_SEED = 0
@@ -135,7 +132,7 @@ def user_clips(records: Sequence[Record]) -> list[Record]:
     seen: set[str] = set()
     clips = []
     for record in records:
-        labelled = all(record.extra.get(key) for key in ("q_txt", *LABEL_FIELDS.values()))
+        labelled = all(record.extra.get(key) for key in ("q_txt", *CUE_FIELDS.values()))
         if record.wav and not record.history and labelled and record.wav not in seen:
             seen.add(record.wav)
             clips.append(record)
@@ -152,12 +149,9 @@ def dialogue_records(records: Sequence[Record]) -> list[Record]:
     return [r for r in records if r.wav and not r.history and output_type(r.task) in DIALOGUE_KINDS]
 
 
-def empathy_task(record: Record, think: str) -> str:
+def empathy_task(record: Record, think: ThinkMode) -> str:
     """The task a dialogue record is run with: its family (text or speech reply) in the think form."""
-    speech = output_type(record.task).speech_out
-    if think == "none":
-        return f"{S2TCHAT} {TEXT2TOKEN}" if speech else S2TCHAT
-    return f"{S2TCHAT} {TEXT2TOKEN} {THINK}" if speech else f"{S2TCHAT} {THINKER}"
+    return task_for(output_type(record.task).speech_out, think)
 
 
 def _cap(items: list, limit: int | None) -> list:
@@ -176,7 +170,7 @@ class StageContext:
     skipped), the device Whisper runs on and whether to show progress bars."""
 
     model: Any
-    think: str
+    think: ThinkMode
     limit: int | None
     classifier: ReplyEmotionClassifier | None
     token2wav: Any
@@ -205,8 +199,8 @@ def _rate(metric, refs: list[str], hyps: list[str]) -> float | None:
 
 def run_understanding(ctx: StageContext, clips: list[Record], desc: str) -> dict:
     """ASR CER/WER and age/gender/emotion/event accuracy of the clips (see the module protocol)."""
-    refs: dict[str, list[str]] = {field: [] for field in LABEL_FIELDS}
-    hyps: dict[str, list[str]] = {field: [] for field in LABEL_FIELDS}
+    refs: dict[str, list[str]] = {field: [] for field in LABEL_SETS}
+    hyps: dict[str, list[str]] = {field: [] for field in LABEL_SETS}
     asr_refs, asr_hyps, examples = [], [], []
     for record in tqdm(clips, desc=desc, unit="clip", disable=not ctx.progress):
         wave = load_audio(record.audio_path())
@@ -217,12 +211,12 @@ def run_understanding(ctx: StageContext, clips: list[Record], desc: str) -> dict
         for task, fields in ONLY_P_TASKS.items():
             outputs[task] = generate(ctx.model, wave, task=task, options=UNDERSTANDING_OPTIONS).raw_text
             for field in fields:
-                refs[field].append(canonical_label(field, record.extra[LABEL_FIELDS[field]]))
+                refs[field].append(canonical_label(field, record.extra[CUE_FIELDS[field]]))
                 hyps[field].append(pick_label(parse_tags(outputs[task]), field) or NONE_LABEL)
         if len(examples) < 2:
             examples.append({"key": record.key, "outputs": outputs})
     return {"items": len(clips), "asr": {"cer": _rate(cer, asr_refs, asr_hyps), "wer": _rate(wer, asr_refs, asr_hyps)},
-            "labels": {field: _label_scores(refs[field], hyps[field], LABEL_SETS[field]) for field in LABEL_FIELDS},
+            "labels": {field: _label_scores(refs[field], hyps[field], LABEL_SETS[field]) for field in LABEL_SETS},
             "examples": examples}
 
 
@@ -329,12 +323,12 @@ def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
     return token2wav, None
 
 
-def _check(stages: Sequence[str], think: str, limit: int | None) -> None:
+def _check(stages: Sequence[str], think: ThinkMode | str, limit: int | None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise ValueError(f"unknown or no stages {list(stages)}; choose from {', '.join(STAGES)}")
-    if think not in THINK_MODES:
-        raise ValueError(f"unknown think mode {think!r}; choose one of {', '.join(THINK_MODES)}")
+    if think not in tuple(ThinkMode):
+        raise ValueError(f"unknown think mode {think!r}; choose one of {', '.join(ThinkMode)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
 
@@ -357,7 +351,7 @@ def _subset_report(ctx: StageContext, records: list[Record], stages: Sequence[st
 
 
 def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[str] = STAGES,
-             limit: int | None = None, think: str = "tag", progress: bool = True) -> dict:
+             limit: int | None = None, think: ThinkMode | str = ThinkMode.TAG, progress: bool = True) -> dict:
     """Evaluate ``model`` on ``corpus/{split}.jsonl`` stage by stage, per test subset.
 
     Returns a JSON-able report: ``subsets -> {seen, unseen} -> {understanding, generation,
@@ -367,6 +361,7 @@ def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[st
     """
     stages = tuple(stages)
     _check(stages, think, limit)
+    think = ThinkMode(think)
     corpus, start = Path(corpus), time.perf_counter()
     if not corpus.is_dir():
         raise FileNotFoundError(f"{corpus}: no such corpus folder")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from echat.config import EChatConfig, LLMConfig, preset
+from echat.config import EChatConfig, LLMConfig, ThinkMode, preset
 from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput, mel_statistics
 from echat.models.checkpoint import (
     check_shapes,
@@ -82,6 +82,7 @@ class EChat(nn.Module):
         self.speech_head = speech_head(config.speech, hidden)
         self.tokenizer = tokenizer
         self.encoder_cache = None  # an EncoderCache while a trainer keeps the encoder frozen
+        self.token2wav = None  # a Token2Wav (echat.token2wav) that generate() uses to fill result.audio
 
     # -- construction and files (the file formats are in echat.models.checkpoint) -----------------
     @classmethod
@@ -257,13 +258,13 @@ class EChat(nn.Module):
         )
 
     # -- inference -------------------------------------------------------------------------------
-    def generate(self, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
-                 options=None, **kwargs):
+    def generate(self, audio=None, text: str | None = None, task: str | None = None,
+                 think: ThinkMode | str | None = None, options=None, **kwargs):
         """One call for every task; see :func:`echat.models.generate.generate`."""
         return generate(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)
 
-    def stream(self, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
-               options=None, **kwargs):
+    def stream(self, audio=None, text: str | None = None, task: str | None = None,
+               think: ThinkMode | str | None = None, options=None, **kwargs):
         """Iterator of text pieces and speech-token chunks; see :func:`echat.models.generate.stream`."""
         return stream(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)
 

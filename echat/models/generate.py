@@ -14,6 +14,7 @@ Design choices:
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,11 @@ from transformers.generation.logits_process import (
 )
 
 from echat.audio import load_audio, log_mel
-from echat.config import GenerationOptions
+from echat.config import GenerationOptions, ThinkMode
 from echat.models.speech import apply_speech_blocking
 from echat.prompts import Turn, build_layout, default_options, instruction_prompts, parse_reply
 from echat.sequence import SequenceEncoder, clip_pack_layouts
-from echat.tokens import S2TCHAT, TEXT2TEXT, TEXT2TOKEN, THINK, OutputType, SpecialIds, output_type
+from echat.tokens import TEXT2TEXT, OutputType, SpecialIds, output_type, task_for
 
 
 @dataclass
@@ -70,19 +71,33 @@ class GenerationResult:
 
 @dataclass
 class StreamEvent:
-    """``kind`` is "text" (a decoded piece), "speech" (a chunk of speech codes) or "done" (the result)."""
+    """``kind`` is "text" (a decoded piece), "speech" (a chunk of speech codes), "audio" (that chunk as a
+    wave, when a token2wav is attached) or "done" (the result)."""
 
     kind: str
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     result: GenerationResult | None = None
+    audio: np.ndarray | None = None  # (N,) float32 at the token2wav's sample rate
 
 
-def default_task(audio, text, think: str) -> str:
-    """Speech in -> spoken reply (with think if asked); text only -> text reply."""
-    if audio is None:
-        return TEXT2TEXT
-    return f"{S2TCHAT} {TEXT2TOKEN} {THINK}" if think != "none" else f"{S2TCHAT} {TEXT2TOKEN}"
+def default_task(audio, text, think: ThinkMode) -> str:
+    """Speech in -> spoken reply (with think unless ``think`` is none); text only -> text reply."""
+    return TEXT2TEXT if audio is None else task_for(True, think)
+
+
+def resolve_think(model, think: ThinkMode | str | None) -> ThinkMode:
+    """The think mode of one call: the one asked for, else the one the model's checkpoint stores
+    (``config.think``). Asking for another mode than the stored one is allowed (the prompt is the same
+    for every mode) but warned about: the model answers the way it was trained."""
+    stored = ThinkMode(model.config.think)
+    if think is None:
+        return stored
+    think = ThinkMode(think)
+    if think is not stored and stored is not ThinkMode.NONE:
+        warnings.warn(f"think={think} asked of a model trained with think={stored}; it answers as trained",
+                      stacklevel=3)
+    return think
 
 
 def _as_wave(audio) -> np.ndarray:
@@ -91,7 +106,8 @@ def _as_wave(audio) -> np.ndarray:
     return np.asarray(audio.cpu() if isinstance(audio, torch.Tensor) else audio, dtype=np.float32)
 
 
-def build_prompt(model, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
+def build_prompt(model, audio=None, text: str | None = None, task: str | None = None,
+                 think: ThinkMode | str = ThinkMode.NONE,
                  history: tuple = ()) -> tuple[OutputType, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """(kind, ids (L,), stream (L,), clip features) of the prompt, ending at the assistant header.
 
@@ -99,9 +115,10 @@ def build_prompt(model, audio=None, text: str | None = None, task: str | None = 
     """
     if model.tokenizer is None:
         raise ValueError("this model has no text tokenizer attached (EChat(config, tokenizer=...))")
+    think = ThinkMode(think)
     task = task or default_task(audio, text, think)
     kind = output_type(task)
-    if think == "none" and kind.thinks:
+    if think is ThinkMode.NONE and kind.thinks:
         raise ValueError(f"task {task} thinks; pass think='tag' or 'language'")
     if kind.speech_in and audio is None:
         raise ValueError(f"task {task} needs audio")
@@ -183,11 +200,28 @@ def _embed_one(model, token: int, speech: bool) -> torch.Tensor:
     return table(torch.tensor([[token]], device=model.device))
 
 
+def stream(model, audio=None, text: str | None = None, task: str | None = None,
+           think: ThinkMode | str | None = None, options: GenerationOptions | None = None,
+           history: tuple = (), token2wav=None) -> Iterator[StreamEvent]:
+    """Generate, yielding text pieces and speech chunks as they come, then a "done" event. With a
+    token2wav (``token2wav``, else ``model.token2wav``), each speech chunk is followed by an "audio" event
+    holding its wave, and the result's ``audio`` is those waves joined."""
+    vocoder = token2wav if token2wav is not None else getattr(model, "token2wav", None)
+    waves = []
+    for event in _events(model, audio, text, task, think, options, history):
+        if event.kind == "done" and vocoder is not None and event.result.speech_tokens:
+            event.result.audio = np.concatenate(waves)
+        yield event
+        if event.kind == "speech" and vocoder is not None:
+            waves.append(vocoder(event.tokens))
+            yield StreamEvent("audio", tokens=event.tokens, audio=waves[-1])
+
+
 @torch.inference_mode()
-def stream(model, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
-           options: GenerationOptions | None = None, history: tuple = ()) -> Iterator[StreamEvent]:
-    """Generate, yielding text pieces and speech chunks as they come, then a "done" event."""
+def _events(model, audio, text, task, think, options, history) -> Iterator[StreamEvent]:
+    """The engine of :func:`stream`: text pieces, speech chunks, then "done"."""
     start = time.perf_counter()
+    think = resolve_think(model, think)
     task = task or default_task(audio, text, think)
     kind, ids, codes, feats = build_prompt(model, audio, text, task, think, history)
     options = options or default_options(kind)
@@ -252,17 +286,23 @@ def _result(model, task, kind, text_ids, speech, timings) -> GenerationResult:
                             speech_tokens=list(speech), text_ids=list(text_ids), timings=timings)
 
 
-def generate(model, audio=None, text: str | None = None, task: str | None = None, think: str = "none",
-             options: GenerationOptions | None = None, history: tuple = ()) -> GenerationResult:
+def generate(model, audio=None, text: str | None = None, task: str | None = None,
+             think: ThinkMode | str | None = None, options: GenerationOptions | None = None,
+             history: tuple = (), token2wav=None) -> GenerationResult:
     """Run one task end to end and return a :class:`GenerationResult`.
 
     ``audio``: a 16 kHz waveform (array/tensor) or a file path; ``text``: the instruction (understanding
     tasks), the question (T2T) or the text to speak (TTS); ``task``: a task tag string (default: spoken
-    reply for audio, text reply for text); ``think``: none | tag | language; ``options``: decoding
-    settings (default: the reference's for this task).
+    reply for audio, text reply for text); ``think``: none | tag | language (default: the mode the
+    model's checkpoint stores, :func:`resolve_think`); ``options``: decoding settings (default: the
+    reference's for this task); ``token2wav``: turns the speech tokens into ``result.audio`` (default:
+    ``model.token2wav``, if any).
     """
-    for event in stream(model, audio, text, task, think, options, history):
+    for event in _events(model, audio, text, task, think, options, history):
         if event.kind == "done":
+            vocoder = token2wav if token2wav is not None else getattr(model, "token2wav", None)
+            if vocoder is not None and event.result.speech_tokens:
+                event.result.audio = vocoder(event.result.speech_tokens)
             return event.result
     raise RuntimeError("generation ended without a result")
 
@@ -270,7 +310,8 @@ def generate(model, audio=None, text: str | None = None, task: str | None = None
 class Conversation:
     """Multi-turn spoken dialogue; history is laid out exactly as in training (no think in history)."""
 
-    def __init__(self, model, think: str = "none", max_turns: int = 5, options: GenerationOptions | None = None):
+    def __init__(self, model, think: ThinkMode | str | None = None, max_turns: int = 5,
+                 options: GenerationOptions | None = None):
         self.model, self.think, self.max_turns, self.options = model, think, max_turns, options
         self.turns: list[tuple[np.ndarray, str, list[int]]] = []
 

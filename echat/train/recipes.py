@@ -27,6 +27,7 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 
+from echat.config import ThinkMode
 from echat.data.schema import Record
 from echat.tokens import OutputType, is_only_p
 from echat.train.stages import MODULES
@@ -65,7 +66,7 @@ class StageRecipe:
     lr: float = 1e-3
     warmup_steps: int = 50
     scheduler: str = "constant"
-    think: str = "none"
+    think: ThinkMode = ThinkMode.NONE
     lora: bool = False
     bridge: float = 0.0  # weight of the auxiliary CTC + cue losses (echat.train.bridge); 0 = off
     token_ctc: bool = True  # with the bridge: also the adapter's token CTC through the LLM's embeddings
@@ -89,6 +90,12 @@ class StageRecipe:
     @property
     def max_steps(self) -> int:
         return sum(p.steps for p in self.phases)
+
+    @property
+    def teaches_think(self) -> bool:
+        """Whether a phase trains the think tasks (``s2t_think``, ``s2s_think``), so that the stage's
+        checkpoints answer in its think mode."""
+        return any(family.endswith("_think") for phase in self.phases for family, _ in phase.mix)
 
     def phase_start(self, index: int) -> int:
         """The step at which phase ``index`` begins."""
@@ -127,7 +134,7 @@ def _lr(**scales: float) -> tuple[tuple[str, float], ...]:
 _EVAL_EVERY = {"text": 650, "understanding": 500, "generation": 375, "empathy": 600}
 
 
-def _stages(scale: float, think: str) -> tuple[StageRecipe, ...]:
+def _stages(scale: float, think: ThinkMode) -> tuple[StageRecipe, ...]:
     """The four stages; ``scale`` multiplies every phase length (smoke: tiny, mini: minutes)."""
     steps = lambda n: max(2, round(n * scale))  # noqa: E731
     return tuple(dataclasses.replace(s, epoch_size=max(32, round(512 * min(1.0, 10 * scale))),
@@ -162,7 +169,7 @@ def rehearsal(weight: float) -> tuple[tuple[str, float], ...]:
 _SPEECH_AND_LLM = _lr(llm=1.0, speech_embedding=1.0, speech_head=1.0)
 
 
-def _full_stages(steps, think: str) -> tuple[StageRecipe, ...]:
+def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
     return (
         StageRecipe("text", (Phase((("asr", 1.0),), steps(800)), Phase(DICTATION_MIX, steps(500))),
                     _lr(llm=1.0), lr=2e-3, dictation=True, random_tags=1.0, tagged_dictation=0.5),
@@ -191,14 +198,15 @@ RECIPES = {"smoke": 0.01, "mini": 1.0}
 STAGE_NAMES = ("text", "understanding", "generation", "empathy")
 
 
-def recipe(name: str, think: str = "tag") -> tuple[StageRecipe, ...]:
+def recipe(name: str, think: ThinkMode | str = ThinkMode.TAG) -> tuple[StageRecipe, ...]:
     """The stages of recipe ``name`` (``smoke``: seconds, for tests; ``mini``: the CPU world)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
-    return _stages(RECIPES[name], think)
+    return _stages(RECIPES[name], ThinkMode(think))
 
 
-def stage(recipe_name: str, stage_name: str, think: str = "tag", max_steps: int | None = None) -> StageRecipe:
+def stage(recipe_name: str, stage_name: str, think: ThinkMode | str = ThinkMode.TAG,
+          max_steps: int | None = None) -> StageRecipe:
     """One stage of a recipe, optionally cut to ``max_steps`` (phases shortened in proportion)."""
     found = {s.name: s for s in recipe(recipe_name, think)}
     if stage_name not in found:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from echat.config import ThinkMode
 from echat.data.pipeline import check_corpus, load_split
 from echat.eval.whisper_ct2 import whisper_base_encoder_state
 from echat.models.checkpoint import FINAL, resolve_checkpoint
@@ -75,8 +76,8 @@ def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset:
     return out / FINAL
 
 
-def run_recipe(name: str, corpus: str | Path, out: str | Path, think: str = "tag", progress: bool = True,
-               seed: int | None = None, **trainer_args) -> list[Path]:
+def run_recipe(name: str, corpus: str | Path, out: str | Path, think: ThinkMode | str = ThinkMode.TAG,
+               progress: bool = True, seed: int | None = None, **trainer_args) -> list[Path]:
     """Stages 0 -> 3 in order, each starting from the previous stage's final checkpoint.
     A stage whose ``final`` checkpoint already exists is not trained again."""
     check_corpus(corpus)

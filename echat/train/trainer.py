@@ -113,6 +113,8 @@ class Trainer:
                  encoder_cache: EncoderCache | None = None):
         self.model, self.recipe, self.out = model, recipe, Path(out)
         self.config = model.config
+        if recipe.teaches_think:
+            self.config.think = recipe.think  # stored in every checkpoint: generate's default think mode
         self.pool = RecordPool.from_records([s.record for s in samples])
         self.audio = {s.record.key: s for s in [*samples, *(dev or [])]}
         self.words = corpus_words([s.record for s in samples])  # what random-word dictation draws from

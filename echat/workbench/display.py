@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from echat.audio import num_frames
+from echat.audio import SAMPLE_RATE_HZ, num_frames
 from echat.config import preset
+from echat.data.speech_tokens import TOKEN_RATE_HZ
 from echat.eval.metrics import plot_confusion
 from echat.eval.report import confusion_tables
 from echat.tokens import IGNORE_INDEX, Stream
@@ -292,7 +293,7 @@ def parameter_counts(model) -> dict[str, int]:
 # --- audio -------------------------------------------------------------------------------------
 
 
-def audio_grid(clips: Sequence[tuple[str, str, object]], columns: int = 3, rate: int = 16_000) -> Rendered:
+def audio_grid(clips: Sequence[tuple[str, str, object]], columns: int = 3, rate: int = SAMPLE_RATE_HZ) -> Rendered:
     """Audio players in a compact HTML grid, one cell per ``(title, note, clip)``.
 
     ``clip`` is a file path (embedded as it is) or a float wave in [-1, 1] at ``rate`` Hz, embedded
@@ -323,7 +324,7 @@ def audio_grid(clips: Sequence[tuple[str, str, object]], columns: int = 3, rate:
 # --- training stages ---------------------------------------------------------------------------
 
 
-def speech_token_plot(rows: Sequence[tuple[str, Sequence[int]]], codebook_size: int, rate_hz: float = 25.0):
+def speech_token_plot(rows: Sequence[tuple[str, Sequence[int]]], codebook_size: int, rate_hz: float = TOKEN_RATE_HZ):
     """Speech-token sequences one above the other: code id over time (``rate_hz`` tokens per second).
 
     ``rows``: (title, token ids) pairs; ids at or above ``codebook_size`` (boundary / stop) are left out.

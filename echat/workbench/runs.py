@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from echat.audio import load_audio
+from echat.config import ThinkMode
 from echat.data.mini.corpus import build_corpus
 from echat.data.pipeline import DataPipeline, Sample
 from echat.data.schema import read_manifest
@@ -47,7 +48,7 @@ from echat.train.recipes import text_lm_records
 from echat.train.run import RECIPE_PRESET, train_stage
 from echat.workbench.notebooks import NOTEBOOK_DIR
 
-RECIPE_THINK = "tag"  # the think mode run_recipe trains the empathy stage with (its default)
+RECIPE_THINK = ThinkMode.TAG  # the think mode run_recipe trains the empathy stage with (its default)
 CORPUS_SEED = 0
 DEFAULT_LIMIT = {"smoke": 2, "mini": 40}  # evaluation items per stage and test subset
 
@@ -131,11 +132,11 @@ class StageRun:
 
 def stage_folder_name(index: int, stage) -> str:
     """``{index}_{name}``, plus ``-{think}`` for a think stage trained in another mode than the recipe's."""
-    suffix = f"-{stage.think}" if stage.think not in ("none", RECIPE_THINK) else ""
+    suffix = f"-{stage.think}" if stage.think not in (ThinkMode.NONE, RECIPE_THINK) else ""
     return f"{index}_{stage.name}{suffix}"
 
 
-def planned_runs(run_dir: str | Path, recipe: str, stage_name: str, think: str = RECIPE_THINK,
+def planned_runs(run_dir: str | Path, recipe: str, stage_name: str, think: ThinkMode | str = RECIPE_THINK,
                  max_steps: int | None = None) -> list[StageRun]:
     """Where stage ``stage_name`` of ``recipe`` may live, in the order it is looked for: the full
     recipe's folder, then (when ``max_steps`` cuts the stage) the brief run's ``brief-{max_steps}``."""
@@ -171,7 +172,7 @@ def _found(run: StageRun, recipe: str) -> StageRun:
 
 
 def find_or_train(run_dir: str | Path, preset: str, stage_name: str, corpus: str | Path,
-                  think: str = RECIPE_THINK, max_steps: int | None = None, seed: int = 0,
+                  think: ThinkMode | str = RECIPE_THINK, max_steps: int | None = None, seed: int = 0,
                   progress: bool = True) -> StageRun:
     """The run of stage ``stage_name`` in ``run_dir``: found, or trained now (earlier stages first).
 
@@ -215,13 +216,14 @@ def loss_plot(run: StageRun) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluation_folder(run: StageRun, eval_stage: str, think: str = RECIPE_THINK, limit: int | None = None) -> Path:
+def evaluation_folder(run: StageRun, eval_stage: str, think: ThinkMode | str = RECIPE_THINK,
+                      limit: int | None = None) -> Path:
     """Where :func:`find_or_evaluate` keeps one evaluation of a stage's final checkpoint."""
     mode = f"_{think}" if eval_stage == "empathy" else ""
     return run.folder / f"eval_{eval_stage}{mode}_{f'limit{limit}' if limit else 'all'}"
 
 
-def find_or_evaluate(run: StageRun, corpus: str | Path, eval_stage: str, think: str = RECIPE_THINK,
+def find_or_evaluate(run: StageRun, corpus: str | Path, eval_stage: str, think: ThinkMode | str = RECIPE_THINK,
                      limit: int | None = None, progress: bool = True) -> dict:
     """The ``stage_eval`` report of one stage (``understanding``, ``generation`` or ``empathy``) of
     ``run``'s final checkpoint on the test split: read from :func:`evaluation_folder` when it is newer
@@ -248,7 +250,7 @@ def text_loss(model, corpus: str | Path, split: str = "test", subset: str | None
     """
     records = [r for r in text_lm_records(read_manifest(Path(corpus) / f"{split}.jsonl"))
                if subset is None or r.extra.get("subset") == subset][:limit]
-    pipe = DataPipeline(model.config, model.tokenizer, think="none", train=False, text_lm=True)
+    pipe = DataPipeline(model.config, model.tokenizer, think=ThinkMode.NONE, train=False, text_lm=True)
     total, tokens = 0.0, 0
     was_training = model.training
     model.eval()
@@ -269,7 +271,7 @@ def tts_tokens(model, text: str) -> list[int]:
     return generate(model, text=text, task=TEXT2TOKEN, options=options).speech_tokens
 
 
-def empathy_output(model, record, think: str) -> str:
+def empathy_output(model, record, think: ThinkMode | str) -> str:
     """The raw text output (think block, then reply) of ``model`` on a dialogue record, as the empathy
     evaluation runs it: the record's family in the ``think`` form, greedy, 256 text tokens, no speech."""
     return generate(model, load_audio(record.audio_path()), task=empathy_task(record, think), think=think,

@@ -205,7 +205,7 @@ def test_render_and_save_report(report, tmp_path):
 
 def test_a_perfect_model_scores_one(model, corpus, monkeypatch):
     """The stages wired to an oracle that answers every call with the ground truth score 1.0."""
-    import echat.models.generate
+    import echat.eval.stage_eval as stage_eval
     from echat.data.schema import read_manifest
     from echat.eval.stage_eval import (
         StageContext,
@@ -222,7 +222,7 @@ def test_a_perfect_model_scores_one(model, corpus, monkeypatch):
                                                     r.extra["q_emotion"], r.extra["caption"])]
     answers += [format_reply(r.txt, "tag", "mini", cues=Cues.from_extra(r.extra)) for r in dialogues]
     queue = iter(answers)
-    monkeypatch.setattr(echat.models.generate, "generate", lambda *args, **kw: SimpleNamespace(raw_text=next(queue)))
+    monkeypatch.setattr(stage_eval, "generate", lambda *args, **kw: SimpleNamespace(raw_text=next(queue)))
     context = StageContext(model, "tag", None, ReplyEmotionClassifier.from_corpus(corpus), None, "no", "cpu", False)
     understanding = run_understanding(context, clips, "understanding")
     assert understanding["asr"] == {"cer": 0.0, "wer": 0.0}

@@ -2,10 +2,11 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
-from echat.config import GenerationOptions
+from echat.config import GenerationOptions, ThinkMode
 from echat.models.generate import Conversation, build_prompt, generate, stream
 from echat.prompts import ASSISTANT_HEADER
 from echat.tokens import OutputType, Stream
@@ -110,3 +111,49 @@ def test_conversation_feeds_history_in_the_training_layout(smoke_model, fixture_
     assert len(feats) == 3
     chat.reset()
     assert chat.turns == []
+
+
+class _CountingToken2Wav:
+    """A token2wav that records what it was asked to vocode: 10 samples per speech token."""
+
+    sample_rate = 16_000
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, tokens, **kw):
+        self.calls.append(list(tokens))
+        return np.full(10 * len(tokens), len(self.calls), dtype=np.float32)
+
+
+def test_a_token2wav_fills_the_audio_and_streams_audio_chunks(smoke_model):
+    options = dataclasses.replace(GREEDY, max_speech_tokens=20, stream_chunk=8)
+    speak = dict(text="How are you today?", task="<TEXT2TOKEN>", options=options)
+    plain = generate(smoke_model, **speak)
+    assert plain.audio is None and plain.speech_tokens
+    vocoder = _CountingToken2Wav()
+    spoken = generate(smoke_model, token2wav=vocoder, **speak)
+    assert spoken.speech_tokens == plain.speech_tokens and vocoder.calls == [plain.speech_tokens]
+    assert spoken.audio.shape == (10 * len(plain.speech_tokens),)
+    smoke_model.token2wav = _CountingToken2Wav()  # held by the model: the default of every call
+    try:
+        events = list(stream(smoke_model, **speak))
+    finally:
+        smoke_model.token2wav = None
+    chunks = [e for e in events if e.kind == "audio"]
+    assert len(chunks) > 1 and [e.tokens for e in chunks] == [e.tokens for e in events if e.kind == "speech"]
+    assert np.array_equal(events[-1].result.audio, np.concatenate([e.audio for e in chunks]))
+
+
+def test_the_stored_think_mode_is_the_default_and_another_one_is_warned_about(smoke_model, wave):
+    options = dataclasses.replace(GREEDY, max_new_tokens=5, max_speech_tokens=5)
+    assert smoke_model.config.think is ThinkMode.NONE
+    assert generate(smoke_model, wave, options=options).task == "<S2TCHAT> <TEXT2TOKEN>"
+    smoke_model.config.think = ThinkMode.TAG
+    try:
+        assert generate(smoke_model, wave, options=options).task == "<S2TCHAT> <TEXT2TOKEN> <THINK>"
+        with pytest.warns(UserWarning, match="think=language asked of a model trained with think=tag"):
+            result = generate(smoke_model, wave, think="language", options=options)
+        assert result.task == "<S2TCHAT> <TEXT2TOKEN> <THINK>"  # the same prompt: the checkpoint decides
+    finally:
+        smoke_model.config.think = ThinkMode.NONE

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from echat.audio import SAMPLE_RATE_HZ
 from echat.data.mini.cue_stats import clip_features, nearest_centroid_accuracy, per_label_means, plot_cues
+from echat.tokens import CUE_FIELDS
 
 MAX_CUE_CLIPS = 360  # acoustic statistics use at most this many clips (YIN is the slow part)
-LABEL_FIELDS = {"gender": "gender", "age": "age", "emotion": "q_emotion", "event": "caption"}
 
 
 def _counts(splits) -> dict:
@@ -24,14 +25,14 @@ def _counts(splits) -> dict:
             "tasks": dict(Counter(r.task for r in records).most_common()),
             "labels": {family: dict(sorted(Counter(r.extra.get(field) for r in first.values()
                                                    if field in r.extra).items()))
-                       for family, field in LABEL_FIELDS.items()},
+                       for family, field in CUE_FIELDS.items()},
             "subsets": dict(Counter(r.extra.get("subset") or "-" for r in first.values())),
         }
     return counts
 
 
 def _durations(waves: dict[str, np.ndarray]) -> dict:
-    seconds = np.array([len(w) / 16_000 for w in waves.values()])
+    seconds = np.array([len(w) / SAMPLE_RATE_HZ for w in waves.values()])
     return {"clips": len(seconds), "hours": round(float(seconds.sum()) / 3600, 3),
             "mean_s": round(float(seconds.mean()), 2), "min_s": round(float(seconds.min()), 2),
             "max_s": round(float(seconds.max()), 2)}
@@ -60,7 +61,7 @@ def _markdown(counts: dict, durations: dict, cues: dict) -> str:
         lines.append(f"| {name} | {c['records']} | " + " | ".join(str(c["tasks"].get(t, 0))
                                                               for t in counts["train"]["tasks"]) + " |")
     lines += ["", "## Label balance (user clips)", ""]
-    for family in LABEL_FIELDS:
+    for family in CUE_FIELDS:
         classes = sorted({k for c in counts.values() for k in c["labels"][family]})
         lines += [f"| {family} | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
         lines += [f"| {name} | " + " | ".join(str(c["labels"][family].get(k, 0)) for k in classes) + " |"
