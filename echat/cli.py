@@ -1,12 +1,14 @@
 """The ``echat`` command: the same functions the notebooks call, one subcommand each.
 
 Every subcommand has ``--help`` with an example; an error is one line on stderr and exit status 1
-(2 for a usage error, from argparse).
+(2 for a usage error, from argparse). Each subcommand imports the modules it needs when it runs, so that
+``echat --help`` and a usage error answer before torch is imported.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -24,6 +26,13 @@ EXAMPLES = {
     "train": "echat train --recipe mini --data ~/.cache/echat/echat-mini --out runs/mini\n"
              "  echat train --stage understanding --preset mini --data DIR --init runs/mini/0_text --out runs/u1",
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``echat train: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser(sub, name: str, help_text: str, func: Callable, key: str | None = None):
@@ -67,8 +76,6 @@ def cmd_train(args) -> int:
     chosen = stage(args.recipe_of_stage or ("mini" if args.preset != "smoke" else "smoke"), args.stage, args.think,
                    args.max_steps)
     if args.lora:
-        import dataclasses
-
         chosen = dataclasses.replace(chosen, lora=True)
     preset = args.preset or RECIPE_PRESET["mini"]
     final = train_stage(chosen, args.data, args.out, preset, init=args.init, resume=args.resume, seed=args.seed)
@@ -143,9 +150,14 @@ def cmd_layout(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="echat", description="OSUM-EChat research workbench.")
+    parser = _Parser(prog="echat", description="OSUM-EChat research workbench.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout):
+        add(sub)
+    return parser
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="build and check data sets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
     mini = _parser(data, "mini", "build the EChat-mini corpus: synthesized speech with controlled gender, age, "
@@ -163,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "clip length); default osum-echat")
     check.add_argument("--no-audio", action="store_true", help="skip opening the audio files")
 
+
+def _add_train(sub) -> None:
     train = _parser(sub, "train", "train one stage, or a whole recipe (stages 0 text, 1 understanding, "
                     "2 generation, 3 empathy), on an EChat-mini-style corpus folder", cmd_train)
     train.add_argument("--recipe", choices=["smoke", "mini"], help="run every stage of this recipe in order")
@@ -181,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None, help="training seed (weights, data order, dropout); "
                        "default: the preset's, or the --init checkpoint's")
 
+
+def _add_eval(sub) -> None:
     evaluation = _parser(sub, "eval", "evaluate a checkpoint stage by stage (understanding, TTS round trip, "
                          "empathy) on an EChat-mini corpus, per test subset", cmd_eval)
     evaluation.add_argument("--run", required=True, help="checkpoint folder (config.json + model.safetensors) or "
@@ -201,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
     evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
+
+def _add_demo(sub) -> None:
     demo = _parser(sub, "demo", "the whole workbench into one folder: build EChat-mini, run the recipe, evaluate "
                    "every stage, write figures.json / figures.md and run every numbered notebook", cmd_demo)
     demo.add_argument("--preset", default="mini", choices=["smoke", "mini"])
@@ -210,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 04 05")
     demo.add_argument("--no-notebooks", action="store_true", help="stop after the figures")
 
+
+def _add_layout(sub) -> None:
     layout = _parser(sub, "layout", "print the reference checkpoint layout (key, shape, kind) of a preset, "
                      "built on the meta device", cmd_layout)
     layout.add_argument("--preset", default="osum-echat")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,9 +63,3 @@ def test_make_setup_installs_every_extra():
     extras = set(_pyproject()["optional-dependencies"])
     installed = re.search(r'-e "\.\[([^\]]*)\]"', (ROOT / "Makefile").read_text()).group(1)
     assert set(installed.split(",")) == extras
-
-
-def test_ci_runs_the_readme_test_command():
-    assert "make test" in (ROOT / ".ci/run").read_text()
-    assert "make test" in (ROOT / "README.md").read_text()
-    assert "make demo" in (ROOT / "README.md").read_text()

@@ -208,7 +208,7 @@ def check_manifest(
     path: PathType,
     *,
     codebook_size: int | None = None,
-    min_samples: int = 400,
+    min_samples: int = AudioConfig.min_samples,
     max_seconds: float | None = None,
     check_audio: bool = True,
 ) -> CheckReport:
@@ -238,7 +238,7 @@ def run_check(
     path: PathType,
     *,
     codebook_size: int | None = None,
-    min_samples: int = 400,
+    min_samples: int = AudioConfig.min_samples,
     max_seconds: float | None = None,
     check_audio: bool = True,
     out: TextIO | None = None,

@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.config import AdapterConfig
-from echat.models.encoder import TransformerBlock, ceil_div, check_lengths, mean_frame, valid_mask
+from echat.models.encoder import (
+    TransformerBlock,
+    ceil_div,
+    check_lengths,
+    check_positions,
+    mean_frame,
+    valid_mask,
+)
 from echat.tokens import CUE_FIELDS, LABEL_SETS, WORDS_BLOCK, plain_pack_layout
 
 __all__ = [
@@ -210,11 +217,8 @@ class Adapter(nn.Module):
         out_frames = frames
         for stride in self.downsample.strides:
             out_frames = math.ceil(out_frames / stride)
-        if out_frames > self.max_positions:
-            raise ValueError(
-                f"Adapter: {frames} encoder frames give {out_frames} adapter frames, more than "
-                f"max_positions={self.max_positions}; split the audio or raise AdapterConfig.max_positions"
-            )
+        check_positions("Adapter", f"{frames} encoder frames", "adapter", out_frames, self.max_positions,
+                        "AdapterConfig")
         check_lengths(lengths, batch, frames, "Adapter")
         y, out_lengths = self.downsample(x, lengths)  # (B, T'', D)
         mask = valid_mask(out_lengths, y.size(1))  # (B, T'')

@@ -92,6 +92,14 @@ def check_lengths(lengths: Tensor, batch: int, max_len: int, where: str) -> None
         raise ValueError(f"{where}: every length must lie in [1, {max_len}], got {lengths.tolist()}")
 
 
+def check_positions(where: str, frames: str, out_frames: str, count: int, max_positions: int, config: str) -> None:
+    """Raise ValueError when ``count`` output frames exceed ``max_positions`` (the positional table);
+    ``frames`` / ``out_frames`` name the input ("80 mel frames") and the output unit ("encoder")."""
+    if count > max_positions:
+        raise ValueError(f"{where}: {frames} give {count} {out_frames} frames, more than "
+                         f"max_positions={max_positions}; split the audio or raise {config}.max_positions")
+
+
 def whisper_sinusoids(length: int, channels: int) -> Tensor:
     """Whisper's positional table ``(length, channels)``: ``[sin ‖ cos]`` of log-spaced timescales."""
     if channels % 2 or channels < 4:
@@ -247,12 +255,8 @@ class SpeechEncoder(nn.Module):
                 f"SpeechEncoder expects (B, T, {self.n_mels}) features, got {tuple(feats.shape)}"
             )
         batch, frames, _ = feats.shape
-        out_frames = math.ceil(frames / 2)
-        if out_frames > self.max_positions:
-            raise ValueError(
-                f"SpeechEncoder: {frames} mel frames give {out_frames} encoder frames, more than "
-                f"max_positions={self.max_positions}; split the audio or raise EncoderConfig.max_positions"
-            )
+        check_positions("SpeechEncoder", f"{frames} mel frames", "encoder", math.ceil(frames / 2), self.max_positions,
+                        "EncoderConfig")
         check_lengths(lengths, batch, frames, "SpeechEncoder")
         x, out_lengths = self.embed(feats, lengths)  # (B, T', D)
         mask = valid_mask(out_lengths, x.size(1))  # (B, T')

@@ -13,6 +13,7 @@ from echat.models.echat import EChat
 from echat.models.encoder import EncoderCache
 from echat.train.recipes import stage
 from echat.train.run import train_stage
+from echat.train.trainer import TrainingError
 
 
 def test_the_training_seed_decides_a_fresh_run(smoke_corpus, tmp_path):
@@ -75,3 +76,39 @@ def test_hearing_history_plots_whatever_the_stage_logged(tmp_path):
     for name, history in (("s0.png", stage0), ("s1.png", stage1)):
         plot_hearing_history(history, tmp_path / name)
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_a_recipe_chains_its_stages_and_skips_the_finished_ones(smoke_corpus, tmp_path, monkeypatch):
+    import echat.train.run as run
+
+    calls = []
+
+    def fake_train(stage, corpus, out, preset, init=None, **kw):
+        calls.append((stage.name, out.name, preset, init and init.parent.name, stage.think))
+        (out / "final").mkdir(parents=True)
+        (out / "final" / "model.safetensors").write_bytes(b"")
+        return out / "final"
+
+    monkeypatch.setattr(run, "train_stage", fake_train)
+    finals = run.run_recipe("smoke", smoke_corpus, tmp_path, think="language")
+    assert [f.parent.name for f in finals] == ["0_text", "1_understanding", "2_generation", "3_empathy"]
+    assert [c[3] for c in calls] == [None, "0_text", "1_understanding", "2_generation"]
+    assert {c[2] for c in calls} == {"smoke"} and calls[-1][4] == "language"
+    calls.clear()
+    assert run.run_recipe("smoke", smoke_corpus, tmp_path) == finals and not calls  # all found
+
+
+def test_a_think_stage_stores_its_think_mode_in_its_checkpoints(smoke_corpus, tmp_path):
+    empathy = stage("smoke", "empathy", "language", max_steps=1)
+    final = train_stage(empathy, smoke_corpus, tmp_path / "run", "smoke", progress=False)
+    assert json.loads((final / "config.json").read_text())["think"] == "language"
+    assert EChat.from_checkpoint(final).config.think == "language"
+
+
+def test_a_run_refuses_a_missing_corpus_and_a_checkpoint_of_another_preset(smoke_corpus, tmp_path):
+    text = stage("smoke", "text", max_steps=1)
+    with pytest.raises(FileNotFoundError, match="no such data folder"):
+        train_stage(text, tmp_path / "none", tmp_path / "run", "smoke", progress=False)
+    first = train_stage(text, smoke_corpus, tmp_path / "run", "smoke", progress=False)
+    with pytest.raises(TrainingError, match="holds a smoke model, not mini"):
+        train_stage(text, smoke_corpus, tmp_path / "again", "mini", init=first, progress=False)
