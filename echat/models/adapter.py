@@ -26,11 +26,11 @@ from torch import Tensor, nn
 
 from echat.config import AdapterConfig
 from echat.models.encoder import (
-    TransformerBlock,
     ceil_div,
     check_lengths,
     check_positions,
     mean_frame,
+    transformer_stack,
     valid_mask,
 )
 from echat.tokens import CUE_FIELDS, LABEL_SETS, WORDS_BLOCK, plain_pack_layout
@@ -132,13 +132,7 @@ class AdapterTransformer(nn.Module):
         super().__init__()
         self.embed = LinearEmbedding(input_dim, cfg.d_model, cfg.max_positions, cfg.dropout)
         self.after_norm = nn.LayerNorm(cfg.d_model, eps=1e-5)
-        self.encoders = nn.ModuleList(
-            TransformerBlock(
-                cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
-                key_bias=True, activation=nn.ReLU(),
-            )
-            for _ in range(cfg.n_layers)
-        )
+        self.encoders = transformer_stack(cfg, key_bias=True, activation=nn.ReLU)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """``x`` (B, T, input_dim), ``mask`` (B, T) bool key-padding mask → (B, T, D)."""

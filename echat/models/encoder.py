@@ -186,6 +186,16 @@ class TransformerBlock(nn.Module):
         return x + self.dropout(self.feed_forward(self.norm2(x)))  # (B, T, D)
 
 
+def transformer_stack(cfg, key_bias: bool, activation: type[nn.Module]) -> nn.ModuleList:
+    """``cfg.n_layers`` :class:`TransformerBlock` s of ``cfg``'s width (an EncoderConfig or AdapterConfig);
+    ``activation``: the feed-forward's class, one instance per block."""
+    return nn.ModuleList(
+        TransformerBlock(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
+                         key_bias=key_bias, activation=activation())
+        for _ in range(cfg.n_layers)
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Encoder
 # ----------------------------------------------------------------------------------------------
@@ -235,13 +245,7 @@ class SpeechEncoder(nn.Module):
         self.max_positions = cfg.max_positions
         self.embed = Conv1dSubsampling2(cfg.n_mels, cfg.d_model, cfg.max_positions, cfg.dropout)
         self.after_norm = nn.LayerNorm(cfg.d_model, eps=1e-5)
-        self.encoders = nn.ModuleList(
-            TransformerBlock(
-                cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
-                key_bias=False, activation=nn.GELU(),
-            )
-            for _ in range(cfg.n_layers)
-        )
+        self.encoders = transformer_stack(cfg, key_bias=False, activation=nn.GELU)
 
     @staticmethod
     def output_lengths(lengths: Tensor) -> Tensor:
