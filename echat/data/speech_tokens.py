@@ -45,6 +45,7 @@ KMEANS_BATCH_SIZE = 4_096  # patches per mini-batch step
 KMEANS_MAX_ITER = 100  # passes over the data (early stopping usually ends far sooner)
 KMEANS_N_INIT = 1  # k-means++ inits; more cost ~3x time for < 0.5 % lower inertia (measured)
 PROGRESS_MIN_CLIPS = 50  # show a progress bar when fitting over at least this many clips
+SPEECH_TOKENIZER_DIR = "speech_tokenizer"  # the folder a corpus, and a mini checkpoint, keeps it in
 CODEBOOK_FILE = "speech_codebook.npy"
 CONFIG_FILE = "speech_tokenizer.json"
 FORMAT_VERSION = 1

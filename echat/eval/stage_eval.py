@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from echat.audio import load_audio
 from echat.config import GenerationOptions, ThinkMode
 from echat.data.schema import Record, read_manifest
+from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR
 from echat.eval.asr import transcribe
 from echat.eval.metrics import (
     ReplyEmotionClassifier,
@@ -110,8 +111,12 @@ PROTOCOL = {
 
 
 def load_model(path: str | Path, device: str = "cpu"):
-    """The :class:`~echat.models.echat.EChat` of a checkpoint or run folder (:func:`resolve_checkpoint`)."""
-    return EChat.from_checkpoint(resolve_checkpoint(path), device)
+    """The :class:`~echat.models.echat.EChat` of a checkpoint or run folder (:func:`resolve_checkpoint`); a
+    mini checkpoint that keeps its speech tokenizer speaks: its ``token2wav`` fills ``result.audio``."""
+    checkpoint = resolve_checkpoint(path)
+    model = EChat.from_checkpoint(checkpoint, device)
+    model.token2wav = MiniToken2Wav.beside(checkpoint)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,13 +239,15 @@ def run_generation(ctx: StageContext, records: list[Record], desc: str) -> dict:
     """TTS round-trip WER of the model's speech tokens and of the ground-truth tokens."""
     if ctx.skip_reason or not records:
         return _skipped_generation(len(records), ctx.skip_reason or "no TTS records in this subset")
-    spoken = []
+    spoken, waves = [], []
     for record in tqdm(records, desc=desc, unit="utt", disable=not ctx.progress):
         options = replace(default_options(OutputType.TTS), seed=TTS_SEED,
                           max_speech_tokens=speech_token_cap(record.txt))
-        spoken.append(generate(ctx.model, text=record.txt, task=TEXT2TOKEN, options=options).speech_tokens)
+        result = generate(ctx.model, text=record.txt, task=TEXT2TOKEN, options=options, token2wav=ctx.token2wav)
+        spoken.append(result.speech_tokens)
+        waves.append(result.audio if result.audio is not None else ctx.token2wav(result.speech_tokens))
     truth = [list(r.extra["speech_token"])[:WHISPER_MAX_TOKENS] for r in records]
-    texts = transcribe([ctx.token2wav(tokens) for tokens in spoken + truth], device=ctx.device,
+    texts = transcribe(waves + [ctx.token2wav(tokens) for tokens in truth], device=ctx.device,
                        progress=ctx.progress)
     refs = [r.txt for r in records]
     wer_model, wer_truth = wer(refs, texts[:len(refs)]), wer(refs, texts[len(refs):])
@@ -309,7 +316,7 @@ def _classifier(corpus: Path, records: list[Record], prompt_set: str) -> tuple[R
 
 def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
     """The corpus's MiniToken2Wav, or None and the reason the generation stage is skipped."""
-    folder = corpus / "speech_tokenizer"
+    folder = corpus / SPEECH_TOKENIZER_DIR
     if not folder.is_dir():
         return None, f"no speech tokenizer folder {folder}"
     token2wav = MiniToken2Wav.from_folder(folder)

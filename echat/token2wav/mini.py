@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from os import PathLike
+from pathlib import Path
 
 import librosa
 import numpy as np
 import torch
 
 from echat.audio import HOP_SAMPLES, LOG_OFFSET, LOG_SCALE, N_FFT_SAMPLES, SAMPLE_RATE_HZ
-from echat.data.speech_tokens import MiniSpeechTokenizer, as_token_ids
+from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR, MiniSpeechTokenizer, as_token_ids
 
 DEFAULT_N_ITER = 32  # Griffin-Lim iterations
 DEFAULT_SEED = 0  # random state of Griffin-Lim's initial phase
@@ -81,6 +82,13 @@ class MiniToken2Wav:
     def from_folder(cls, folder: str | PathLike, **kw) -> MiniToken2Wav:
         """Build from a folder written by :meth:`MiniSpeechTokenizer.save`; ``kw`` go to the constructor."""
         return cls(MiniSpeechTokenizer.load(folder), **kw)
+
+    @classmethod
+    def beside(cls, folder: str | PathLike) -> MiniToken2Wav | None:
+        """The token2wav of the speech tokenizer kept in ``folder`` (a corpus, or a mini checkpoint, which
+        carries its corpus's codebook); None when there is none."""
+        source = Path(folder) / SPEECH_TOKENIZER_DIR
+        return cls.from_folder(source) if source.is_dir() else None
 
     @property
     def codebook_size(self) -> int:

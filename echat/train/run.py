@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from echat.config import ThinkMode
 from echat.data.pipeline import check_corpus, load_split
+from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR
 from echat.eval.whisper_ct2 import whisper_base_encoder_state
 from echat.models.checkpoint import FINAL, resolve_checkpoint
 from echat.models.echat import EChat
@@ -73,7 +75,16 @@ def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset:
     trainer.acc.wait_for_everyone()
     if trainer.acc.is_main_process:
         trainer.bare_model().save(out / FINAL)
+        keep_speech_tokenizer(corpus, out / FINAL)
     return out / FINAL
+
+
+def keep_speech_tokenizer(corpus: Path, checkpoint: Path) -> None:
+    """Copy the corpus's mini speech tokenizer into a final checkpoint, so that the checkpoint speaks
+    (:meth:`echat.token2wav.mini.MiniToken2Wav.beside`) without its corpus."""
+    source = corpus / SPEECH_TOKENIZER_DIR
+    if source.is_dir():
+        shutil.copytree(source, checkpoint / SPEECH_TOKENIZER_DIR, dirs_exist_ok=True)
 
 
 def run_recipe(name: str, corpus: str | Path, out: str | Path, think: ThinkMode | str = ThinkMode.TAG,

@@ -86,3 +86,10 @@ def test_from_folder_matches(t2w, tokenizer, waves, tmp_path):
 def test_needs_a_fitted_tokenizer():
     with pytest.raises(ValueError, match="fitted"):
         MiniToken2Wav(MiniSpeechTokenizer())
+
+
+def test_beside_finds_the_speech_tokenizer_of_a_folder_or_none(tokenizer, tmp_path):
+    assert MiniToken2Wav.beside(tmp_path) is None
+    tokenizer.save(tmp_path / "speech_tokenizer")
+    found = MiniToken2Wav.beside(tmp_path)
+    assert found is not None and found.codebook_size == tokenizer.codebook_size

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from echat.config import GenerationOptions
 from echat.models.checkpoint import WEIGHTS
 from echat.models.echat import EChat
 from echat.models.encoder import EncoderCache
@@ -103,6 +104,19 @@ def test_a_think_stage_stores_its_think_mode_in_its_checkpoints(smoke_corpus, tm
     final = train_stage(empathy, smoke_corpus, tmp_path / "run", "smoke", progress=False)
     assert json.loads((final / "config.json").read_text())["think"] == "language"
     assert EChat.from_checkpoint(final).config.think == "language"
+
+
+def test_a_final_checkpoint_keeps_its_speech_tokenizer_and_speaks(smoke_corpus, tmp_path):
+    from echat.eval.stage_eval import load_model
+
+    final = train_stage(stage("smoke", "generation", max_steps=1), smoke_corpus, tmp_path / "run", "smoke",
+                        progress=False)
+    assert (final / "speech_tokenizer" / "speech_codebook.npy").is_file()
+    model = load_model(final)
+    result = model.generate(text="Hello there.", task="<TEXT2TOKEN>",
+                            options=GenerationOptions(do_sample=False, max_speech_tokens=12))
+    assert model.token2wav is not None and result.speech_tokens
+    assert result.audio.shape == model.token2wav(result.speech_tokens).shape
 
 
 def test_a_run_refuses_a_missing_corpus_and_a_checkpoint_of_another_preset(smoke_corpus, tmp_path):

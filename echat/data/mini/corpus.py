@@ -43,7 +43,7 @@ from echat.data.mini.text import (
 )
 from echat.data.mini.voices import ClipRecipe, Speaker, render_clip, render_reply
 from echat.data.schema import Record, write_manifest
-from echat.data.speech_tokens import MiniSpeechTokenizer
+from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR, MiniSpeechTokenizer
 from echat.prompts import prompt_texts
 from echat.text_tokenizer import build_mini_tokenizer, save_tokenizer
 from echat.tokens import AGES, GENDERS, NO_EVENT, SOUND_EVENTS
@@ -300,7 +300,7 @@ def build_corpus(out: str | os.PathLike, size: str = "mini", seed: int = 0, work
         _write_wav(out / "wav" / "reply" / f"{clip_id}.wav", reply)
     train_replies = [waves[c.clip_id][1] for c in clips if c.split == "train"]
     speech_tok = MiniSpeechTokenizer().fit(train_replies, codebook_size=codebook_size, seed=seed)
-    speech_tok.save(out / "speech_tokenizer")
+    speech_tok.save(out / SPEECH_TOKENIZER_DIR)
     tokens = {clip_id: speech_tok.encode(_read(out / "wav" / "reply" / f"{clip_id}.wav")).tolist()
               for clip_id in tqdm(waves, desc="speech tokens", unit="clip")}
     splits = _write_splits(out, clips, dialogues, tokens, spec, seed)
