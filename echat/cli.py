@@ -50,7 +50,7 @@ def cmd_data_check(args) -> int:
     config = preset(args.preset)
     return run_check(args.manifest, codebook_size=config.speech.codebook_size,
                      min_samples=config.audio.min_samples, max_seconds=config.audio.max_seconds,
-                     check_audio=not args.no_audio)
+                     check_audio=not args.no_audio, default_task=args.default_task, base_dir=args.base)
 
 
 def cmd_data_mini(args) -> int:
@@ -68,7 +68,8 @@ def cmd_train(args) -> int:
     from echat.train.run import RECIPE_PRESET, run_recipe, train_stage
 
     if args.recipe:
-        finals = run_recipe(args.recipe, args.data, args.out, think=args.think, seed=args.seed)
+        finals = run_recipe(args.recipe, args.data, args.out, think=args.think, seed=args.seed,
+                            default_task=args.default_task)
         print("final checkpoints:\n  " + "\n  ".join(map(str, finals)))
         return 0
     if not args.stage:
@@ -78,7 +79,8 @@ def cmd_train(args) -> int:
     if args.lora:
         chosen = dataclasses.replace(chosen, lora=True)
     preset = args.preset or RECIPE_PRESET["mini"]
-    final = train_stage(chosen, args.data, args.out, preset, init=args.init, resume=args.resume, seed=args.seed)
+    final = train_stage(chosen, args.data, args.out, preset, init=args.init, resume=args.resume, seed=args.seed,
+                        default_task=args.default_task)
     print(f"final checkpoint: {final}")
     return 0
 
@@ -149,6 +151,11 @@ def cmd_layout(args) -> int:
     return 0
 
 
+def _default_task_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--default-task", default=None, metavar="TASK", help="task of records that have none, "
+                        "e.g. '<TRANSCRIBE>' (default: such records are errors, each named)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="echat", description="OSUM-EChat research workbench.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -174,6 +181,9 @@ def _add_data(sub) -> None:
     check.add_argument("--preset", default="osum-echat", help="preset whose limits apply (speech codebook, "
                        "clip length); default osum-echat")
     check.add_argument("--no-audio", action="store_true", help="skip opening the audio files")
+    check.add_argument("--base", default=None, metavar="DIR", help="folder that relative audio paths start from "
+                       "(default: the working directory, then the manifest's folder)")
+    _default_task_argument(check)
 
 
 def _add_train(sub) -> None:
@@ -194,6 +204,7 @@ def _add_train(sub) -> None:
     train.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint")
     train.add_argument("--seed", type=int, default=None, help="training seed (weights, data order, dropout); "
                        "default: the preset's, or the --init checkpoint's")
+    _default_task_argument(train)
 
 
 def _add_eval(sub) -> None:

@@ -16,7 +16,7 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -25,7 +25,15 @@ import soundfile as sf
 from tqdm import tqdm
 
 from echat.config import AudioConfig
-from echat.data.schema import ManifestError, PathType, Problem, Record, read_manifest_report
+from echat.data.schema import (
+    UNKNOWN_KEY,
+    AudioNotFoundError,
+    ManifestError,
+    PathType,
+    Problem,
+    Record,
+    read_manifest_report,
+)
 from echat.data.shards import iter_shard_records
 from echat.tokens import CUE_FIELDS, LABEL_SETS, OutputType
 
@@ -78,10 +86,19 @@ class CheckReport:
         for group, counts in sorted(self.labels.items()):
             lines += _table(f"label: {group}", counts)
         if self.problems:
+            lines += _table("problem", Counter(_problem_kind(problem) for problem in self.problems))
             lines.append("problems:")
             lines += [str(problem) for problem in self.problems]
         lines.append("result: OK" if self.ok else f"result: FAILED ({len(self.problems)} problem(s))")
         return "\n".join(lines)
+
+
+def _problem_kind(problem: Problem) -> str:
+    """What a problem is about, for counting: its field (``task: missing``) or its first words."""
+    head, colon, rest = problem.message.partition(": ")
+    if colon and " " not in head:
+        return f"{head}: {rest.split(' (')[0]}"
+    return problem.message.split(":")[0].split(" (")[0]
 
 
 def _table(title: str, counts: Counter) -> list[str]:
@@ -141,25 +158,29 @@ def _usable_seconds(frames: int, rate: int, span: tuple[float | None, float | No
     return seconds
 
 
-def _audio_sources(record: Record, members: dict[str, bytes] | None) -> list[tuple[Path | io.BytesIO, str]]:
-    """``(source, shown name)`` of the main audio (first, if any) and each history turn's audio."""
+def _audio_sources(record: Record, members: dict[str, bytes] | None,
+                   base_dir: PathType | None) -> list[tuple[Callable[[], Path | io.BytesIO], str]]:
+    """``(source opener, shown name)`` of the main audio (first, if any) and each history turn's audio;
+    an opener raises :class:`AudioNotFoundError` naming every path tried when a file is in none of its places."""
     if members is not None:  # shard sample: audio is in the tar
         turns = [f"wav_{number}" for number in range(1, len(record.history) + 1)]
         suffixes = (["wav"] if "wav" in members else []) + turns
-        return [(io.BytesIO(members[suffix]), f"member {record.key}.{suffix}") for suffix in suffixes]
-    paths = ([record.audio_path()] if record.wav is not None else []) + record.history_paths()
-    return [(path, str(path)) for path in paths]
+        return [(lambda s=suffix: io.BytesIO(members[s]), f"member {record.key}.{suffix}") for suffix in suffixes]
+    wavs = ([record.wav] if record.wav is not None else []) + [turn["wav"] for turn in record.history]
+    return [(lambda w=wav: record.locate(w, base_dir), wav) for wav in wavs]
 
 
 def _check_audio(report: CheckReport, record: Record, members: dict[str, bytes] | None,
-                 limits: AudioLimits) -> None:
+                 limits: AudioLimits, base_dir: PathType | None = None) -> None:
     """Probe every audio of ``record``: one Problem per bad file; the main audio's duration is summed."""
-    for number, (source, shown) in enumerate(_audio_sources(record, members)):
+    for number, (open_source, shown) in enumerate(_audio_sources(record, members, base_dir)):
         is_main = number == 0 and record.wav is not None
         span = (record.start, record.end) if is_main else (None, None)
         try:
+            source = open_source()
+            shown = str(source) if isinstance(source, Path) else shown
             seconds = _usable_seconds(*_probe(source, shown), span, shown, limits)
-        except ValueError as err:
+        except (ValueError, AudioNotFoundError) as err:
             report.problems.append(Problem(record.source, record.line, record.key, str(err)))
             continue
         if is_main:
@@ -181,14 +202,14 @@ def is_shard_list(path: PathType) -> bool:
     return not first.startswith("{") and first.removeprefix("-|").endswith(".tar")
 
 
-def _entries(path: Path, kind: str, problems: list[Problem],
-             codebook_size: int | None) -> Iterator[tuple[Record, dict[str, bytes] | None]]:
+def _entries(path: Path, kind: str, problems: list[Problem], codebook_size: int | None,
+             default_task: str | None) -> Iterator[tuple[Record, dict[str, bytes] | None]]:
     """Valid records (with their tar members for shards), streamed; problems go to ``problems``."""
     if kind == "shards":
-        yield from iter_shard_records(path, problems, codebook_size=codebook_size)
+        yield from iter_shard_records(path, problems, codebook_size=codebook_size, default_task=default_task)
         return
     try:
-        records, found = read_manifest_report(path, codebook_size=codebook_size)
+        records, found = read_manifest_report(path, codebook_size=codebook_size, default_task=default_task)
     except ManifestError as err:
         records, found = [], err.problems
     problems.extend(found)
@@ -211,25 +232,31 @@ def check_manifest(
     min_samples: int = AudioConfig.min_samples,
     max_seconds: float | None = None,
     check_audio: bool = True,
+    default_task: str | None = None,
+    base_dir: PathType | None = None,
 ) -> CheckReport:
     """Validate every record of a raw JSON-lines manifest or a shard list (and, optionally, its audio).
 
-    Relative audio paths of a raw manifest are resolved against the manifest's folder. Problems are
-    sorted by file and line.
+    Relative audio paths of a raw manifest are looked up in the working directory, then in the
+    manifest's folder (:func:`~echat.data.schema.locate_audio`), or only in ``base_dir`` when given.
+    Records without a task are problems unless ``default_task`` is given; a manifest without a single
+    record is one. Problems are sorted by file and line.
     """
     path = Path(path)
     kind = "shards" if is_shard_list(path) else "raw"
     report = CheckReport(path=str(path), kind=kind, seconds=0.0 if check_audio else None)
     limits = AudioLimits(min_samples=min_samples, max_seconds=max_seconds)
     first: dict[str, Record] = {}
-    for record, members in tqdm(_entries(path, kind, report.problems, codebook_size),
+    for record, members in tqdm(_entries(path, kind, report.problems, codebook_size, default_task),
                                 desc="check", unit="utt", disable=None):
         _count(report, record)
         duplicate = _duplicate(first, record)
         if duplicate is not None:
             report.problems.append(duplicate)
         if check_audio:
-            _check_audio(report, record, members, limits)
+            _check_audio(report, record, members, limits, base_dir)
+    if not report.records and not report.problems:
+        report.problems.append(Problem(str(path), 0, UNKNOWN_KEY, "no records"))
     report.problems.sort(key=lambda problem: (problem.file, problem.line))
     return report
 
@@ -242,10 +269,13 @@ def run_check(
     max_seconds: float | None = None,
     check_audio: bool = True,
     out: TextIO | None = None,
+    default_task: str | None = None,
+    base_dir: PathType | None = None,
 ) -> int:
     """Check ``path``, print the report to ``out`` (default stdout); exit code 0 if ok, else 1."""
     report = check_manifest(path, codebook_size=codebook_size, min_samples=min_samples,
-                            max_seconds=max_seconds, check_audio=check_audio)
+                            max_seconds=max_seconds, check_audio=check_audio, default_task=default_task,
+                            base_dir=base_dir)
     print(report.render(), file=out if out is not None else sys.stdout)
     return 0 if report.ok else 1
 

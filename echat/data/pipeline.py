@@ -140,14 +140,16 @@ def load_samples(records: Iterable[Record], base_dir: str | Path, config: EChatC
         yield Sample(record, clip, history)
 
 
-def load_split(corpus: str | Path, split: str, config) -> list[Sample]:
-    """Decoded samples of a corpus split; unusable ones are skipped and the summary printed."""
+def load_split(corpus: str | Path, split: str, config, default_task: str | None = None) -> list[Sample]:
+    """Decoded samples of a corpus split; unusable ones are skipped and the summary printed. Invalid
+    records (one without a task, unless ``default_task`` is given) raise ManifestError naming each."""
     corpus = Path(corpus)
     if not (corpus / f"{split}.jsonl").exists():
         raise FileNotFoundError(f"{corpus}: no {split}.jsonl (build one with `echat data mini --out {corpus}`)")
     skipped = SkipSummary()
-    samples = list(load_samples(read_manifest(corpus / f"{split}.jsonl", codebook_size=config.speech.codebook_size),
-                                corpus, config, skipped))
+    records = read_manifest(corpus / f"{split}.jsonl", codebook_size=config.speech.codebook_size,
+                            default_task=default_task)
+    samples = list(load_samples(records, corpus, config, skipped))
     if skipped.total:
         print(skipped.render())
     if not samples:

@@ -95,15 +95,21 @@ class Record:
         return Path(self.source).parent if self.source else Path(".")
 
     def audio_path(self, base_dir: PathType | None = None) -> Path:
-        """Path of ``wav``; relative paths are resolved against ``base_dir`` (default :attr:`base_dir`)."""
+        """Path of ``wav``: relative to ``base_dir`` when one is given, else found by :func:`locate_audio`
+        (the working directory, then the manifest's folder); raises :class:`AudioNotFoundError`."""
         if self.wav is None:
             raise ValueError(f"{self.key}: record has no wav (task {self.task})")
-        return resolve_path(self.wav, self.base_dir if base_dir is None else base_dir)
+        return self.locate(self.wav, base_dir)
 
     def history_paths(self, base_dir: PathType | None = None) -> list[Path]:
         """Paths of the history turns' audio, resolved like :meth:`audio_path`."""
-        folder = self.base_dir if base_dir is None else base_dir
-        return [resolve_path(turn["wav"], folder) for turn in self.history]
+        return [self.locate(turn["wav"], base_dir) for turn in self.history]
+
+    def locate(self, wav: str, base_dir: PathType | None = None) -> Path:
+        """The file of ``wav``, an audio path of this record, resolved like :meth:`audio_path`."""
+        if base_dir is not None:
+            return resolve_path(wav, base_dir)
+        return locate_audio(wav, (Path.cwd(), self.base_dir))
 
     def to_json_dict(self) -> dict[str, Any]:
         """The reference raw layout: key, wav, txt, task, extra, start/end, wav_N/txt_N, others."""
@@ -127,6 +133,24 @@ def resolve_path(path: PathType, base_dir: PathType) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
+class AudioNotFoundError(FileNotFoundError):
+    """An audio path found in none of the places it may be; the message names every path tried."""
+
+
+def locate_audio(path: PathType, folders: Iterable[PathType]) -> Path:
+    """The first existing ``folder / path`` of ``folders`` (``path`` itself when absolute).
+
+    Why this order: the reference opens a raw list's relative paths from the working directory (its
+    own sample list, ``./common_utils/fake_data/raw/wav/random.wav``, is run from the repository's
+    root); echat's corpora write them relative to the manifest's folder. Trying both reads either.
+    """
+    tried = list(dict.fromkeys(resolve_path(path, folder) for folder in folders))
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise AudioNotFoundError(f"audio not found: {path} (tried {', '.join(str(p) for p in tried)})")
+
+
 def json_kind(value: Any) -> str:
     """JSON type name of a decoded value, for messages ("an array", "null", ...)."""
     return _JSON_KINDS.get(type(value), type(value).__name__)
@@ -138,28 +162,29 @@ def json_kind(value: Any) -> str:
 
 
 def parse_record(
-    obj: Any, *, source: PathType, line: int, codebook_size: int | None = None
+    obj: Any, *, source: PathType, line: int, codebook_size: int | None = None, default_task: str | None = None
 ) -> Record:
     """Validate one decoded JSON line and build its :class:`Record`.
 
     Raises :class:`ManifestError` with one :class:`Problem` naming the first wrong field. Speech
     tokens (``extra.speech_token``, ``extra.speech_token_N``) must lie in ``[0, codebook_size)``
-    when ``codebook_size`` is given.
+    when ``codebook_size`` is given. A record without a task is a problem unless ``default_task``
+    is given (then it gets that task).
     """
     key = obj.get("key") if isinstance(obj, dict) else None
     shown = key if isinstance(key, str) and key else UNKNOWN_KEY
     try:
-        return _build_record(obj, str(source), line, codebook_size)
+        return _build_record(obj, str(source), line, codebook_size, default_task)
     except _Invalid as err:
         raise ManifestError([Problem(str(source), line, shown, str(err))]) from None
 
 
-def _build_record(obj: Any, source: str, line: int, codebook_size: int | None) -> Record:
+def _build_record(obj: Any, source: str, line: int, codebook_size: int | None, default_task: str | None) -> Record:
     if not isinstance(obj, dict):
         raise _Invalid("record", f"expected a JSON object, got {json_kind(obj)}")
     key = _string(obj, "key", allow_empty=False)
     txt = _string(obj, "txt", allow_empty=True)
-    task = _task(obj.get("task"))
+    task = _task(obj.get("task"), default_task)
     kind = output_type(task)
     extra = _extra(obj.get("extra"))
     wav = _wav(obj.get("wav"), task, kind)
@@ -183,9 +208,16 @@ def _string(obj: dict, name: str, *, allow_empty: bool) -> str:
     return value
 
 
-def _task(value: Any) -> str:
+def _task(value: Any, default: str | None) -> str:
+    """The normalized task. Why a missing one is a problem: the reference silently reads it as
+    ``<TRANSCRIBE>``, so a misspelt field (its own combine sample has ``tas_tag``) trains a chat record
+    as ASR; here it is reported, or given ``default`` on request (``--default-task``)."""
     if value is not None and not isinstance(value, str):
         raise _Invalid("task", f"expected a string, got {json_kind(value)}")
+    if value is None or not value.strip():
+        if default is None:
+            raise _Invalid("task", "missing (give --default-task TASK to read such records as TASK)")
+        value = default
     task = normalize_task(value)
     try:
         output_type(task)
@@ -296,7 +328,8 @@ def check_speech_tokens(tokens: Any, codebook_size: int | None = None, *, name: 
 # ----------------------------------------------------------------------------------------------
 
 
-def _parse_line(raw: bytes, source: str, number: int, codebook_size: int | None) -> Record | None:
+def _parse_line(raw: bytes, source: str, number: int, codebook_size: int | None,
+                default_task: str | None) -> Record | None:
     """Record of one raw line, ``None`` for a blank line; raises :class:`ManifestError`."""
     try:
         text = raw.decode("utf-8")
@@ -315,15 +348,16 @@ def _parse_line(raw: bytes, source: str, number: int, codebook_size: int | None)
         key = found[1] if found and found[1] else UNKNOWN_KEY
         detail = f"{err.msg} (column {err.colno})" if isinstance(err, json.JSONDecodeError) else "nested too deeply"
         raise ManifestError([Problem(source, number, key, f"malformed JSON: {detail}")]) from None
-    return parse_record(obj, source=source, line=number, codebook_size=codebook_size)
+    return parse_record(obj, source=source, line=number, codebook_size=codebook_size, default_task=default_task)
 
 
 def read_manifest_report(
-    path: PathType, *, codebook_size: int | None = None
+    path: PathType, *, codebook_size: int | None = None, default_task: str | None = None
 ) -> tuple[list[Record], list[Problem]]:
     """Every valid record of a JSON-lines manifest, in order, and a Problem for every bad line.
 
     Blank lines are skipped. A missing or unreadable file raises :class:`ManifestError`.
+    ``default_task``: the task of records without one (else they are problems).
     """
     source = str(path)
     records: list[Record] = []
@@ -332,7 +366,7 @@ def read_manifest_report(
         with Path(path).open("rb") as lines:
             for number, raw in enumerate(lines, 1):
                 try:
-                    record = _parse_line(raw, source, number, codebook_size)
+                    record = _parse_line(raw, source, number, codebook_size, default_task)
                 except ManifestError as err:
                     problems.extend(err.problems)
                     continue
@@ -346,14 +380,15 @@ def read_manifest_report(
 
 
 def read_manifest(
-    path: PathType, *, codebook_size: int | None = None, strict: bool = True
+    path: PathType, *, codebook_size: int | None = None, strict: bool = True, default_task: str | None = None
 ) -> list[Record]:
     """Records of a JSON-lines manifest.
 
     ``strict``: raise :class:`ManifestError` listing every problem of the file when there is any.
     Otherwise bad lines are skipped (see :func:`read_manifest_report` to get their problems).
+    ``default_task``: the task of records without one (else they are problems).
     """
-    records, problems = read_manifest_report(path, codebook_size=codebook_size)
+    records, problems = read_manifest_report(path, codebook_size=codebook_size, default_task=default_task)
     if strict and problems:
         raise ManifestError(problems)
     return records

@@ -25,7 +25,7 @@ import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from tqdm import tqdm
 from echat.data.schema import (
     HISTORY_FIELD,
     UNKNOWN_KEY,
+    AudioNotFoundError,
     ManifestError,
     PathType,
     Problem,
@@ -129,10 +130,15 @@ def _check_keys(records: list[Record]) -> None:
         seen[record.key] = record
 
 
-def _audio_member(path: Path, record: Record, sample_rate: int) -> bytes:
-    """WAV bytes of ``path`` resampled to ``sample_rate``; raises :class:`ShardError` naming it."""
-    if not path.is_file():
-        raise ShardError([Problem(record.source, record.line, record.key, f"audio file not found: {path}")])
+def _audio_member(wav: str, record: Record, base_dir: PathType | None, sample_rate: int) -> bytes:
+    """WAV bytes of the record's audio path ``wav`` resampled to ``sample_rate``; raises
+    :class:`ShardError` naming the file (every path tried when it is found nowhere)."""
+    try:
+        path = record.locate(wav, base_dir)
+        if not path.is_file():
+            raise AudioNotFoundError(f"audio not found: {path}")
+    except AudioNotFoundError as err:
+        raise ShardError([Problem(record.source, record.line, record.key, str(err))]) from None
     try:
         return encode_wav(read_wave(path, sample_rate), sample_rate)
     except _AUDIO_ERRORS as err:
@@ -148,9 +154,9 @@ def _record_members(record: Record, base_dir: PathType | None, sample_rate: int)
         members.append(("duration", dump_json(extra.pop("duration")).encode("utf-8")))
     members.append(("extra", dump_json(extra).encode("utf-8")))
     if record.wav is not None:
-        members.append(("wav", _audio_member(record.audio_path(base_dir), record, sample_rate)))
-    for number, (turn, path) in enumerate(zip(record.history, record.history_paths(base_dir)), 1):
-        members.append((f"wav_{number}", _audio_member(path, record, sample_rate)))
+        members.append(("wav", _audio_member(record.wav, record, base_dir, sample_rate)))
+    for number, turn in enumerate(record.history, 1):
+        members.append((f"wav_{number}", _audio_member(turn["wav"], record, base_dir, sample_rate)))
         members.append((f"txt_{number}", turn["txt"].encode("utf-8")))
     meta: dict[str, Any] = {}
     if record.start is not None or record.end is not None:
@@ -250,13 +256,31 @@ def read_shard_list(list_path: PathType) -> list[Path]:
     return [tar for _, tar in _list_entries(list_path)]
 
 
+def refused_member(info: tarfile.TarInfo) -> str | None:
+    """Why a tar member is not read (None: it is a plain file with a safe name). Why refuse, though
+    members are read into memory and never extracted by name: a link, a device, an absolute name or a
+    ``..`` in a shard is a damaged or hostile file, and converting it to raw would write outside its folder."""
+    if info.issym() or info.islnk():
+        return f"member {info.name!r} is a link"
+    if not info.isfile():
+        return f"member {info.name!r} is not a regular file"
+    if info.name.startswith(("/", "\\")) or ".." in PurePosixPath(info.name.replace("\\", "/")).parts:
+        return f"member {info.name!r} has an absolute name or a '..' in it"
+    return None
+
+
 def _iter_groups(tar_path: Path) -> Iterator[tuple[int, str, Members] | Problem]:
-    """``(first member index, prefix, members)`` per sample; tar damage ends it with a Problem."""
+    """``(first member index, prefix, members)`` per sample; a refused member gives a Problem and is
+    skipped; tar damage ends it with a Problem."""
     current, first, members, index = None, 0, {}, 0
     try:
         with tarfile.open(tar_path, mode="r|*") as tar:
             for index, info in enumerate(tar, 1):
-                if not info.isfile():
+                if info.isdir():
+                    continue
+                refused = refused_member(info)
+                if refused:
+                    yield Problem(str(tar_path), index, UNKNOWN_KEY, f"{refused}: refused")
                     continue
                 prefix, dot, suffix = info.name.rpartition(".")
                 if not dot or not prefix or prefix != current or suffix in members:
@@ -314,23 +338,23 @@ def _group_fields(prefix: str, members: Members) -> dict[str, Any]:
 
 
 def _group_record(tar: Path, first: int, prefix: str, members: Members,
-                  codebook_size: int | None) -> Record:
+                  codebook_size: int | None, default_task: str | None = None) -> Record:
     """Validated record of one sample; raises :class:`ManifestError` with one Problem."""
     try:
         obj = _group_fields(prefix, members)
     except (ValueError, TypeError) as err:
         raise ManifestError([Problem(str(tar), first, prefix, str(err))]) from None
-    return parse_record(obj, source=tar, line=first, codebook_size=codebook_size)
+    return parse_record(obj, source=tar, line=first, codebook_size=codebook_size, default_task=default_task)
 
 
-def _tar_records(tar: Path, problems: list[Problem] | None,
-                 codebook_size: int | None) -> Iterator[tuple[Record, Members]]:
+def _tar_records(tar: Path, problems: list[Problem] | None, codebook_size: int | None,
+                 default_task: str | None) -> Iterator[tuple[Record, Members]]:
     for item in _iter_groups(tar):
         if isinstance(item, Problem):
             _fail(problems, item)
             continue
         try:
-            record = _group_record(tar, *item, codebook_size)
+            record = _group_record(tar, *item, codebook_size, default_task)
         except ManifestError as err:
             _fail(problems, *err.problems)
             continue
@@ -338,12 +362,14 @@ def _tar_records(tar: Path, problems: list[Problem] | None,
 
 
 def iter_shard_records(
-    list_path: PathType, problems: list[Problem] | None = None, *, codebook_size: int | None = None
+    list_path: PathType, problems: list[Problem] | None = None, *, codebook_size: int | None = None,
+    default_task: str | None = None,
 ) -> Iterator[tuple[Record, Members]]:
     """``(record, raw member bytes)`` of every valid sample of every listed tar, without decoding audio.
 
-    Problems (missing list or tar, damaged tar, invalid sample) are appended to ``problems`` when
-    given (the rest is still read), else raised as :class:`ShardError`.
+    Problems (missing list or tar, damaged tar, refused member, invalid sample) are appended to
+    ``problems`` when given (the rest is still read), else raised as :class:`ShardError`.
+    ``default_task``: the task of samples without a ``.task`` member (else they are problems).
     """
     try:
         entries = _list_entries(list_path)
@@ -354,7 +380,7 @@ def iter_shard_records(
         if not tar.is_file():
             _fail(problems, Problem(str(list_path), line, UNKNOWN_KEY, f"shard tar not found: {tar}"))
             continue
-        yield from _tar_records(tar, problems, codebook_size)
+        yield from _tar_records(tar, problems, codebook_size, default_task)
 
 
 def _decode_member(record: Record, members: Members, suffix: str, sample_rate: int) -> np.ndarray:
@@ -371,13 +397,15 @@ def iter_shards(
     *,
     codebook_size: int | None = None,
     sample_rate: int = SAMPLE_RATE_HZ,
+    default_task: str | None = None,
 ) -> Iterator[ShardSample]:
     """Every valid sample of the tars in ``list_path``, with its audio decoded (float32).
 
     Problems are appended to ``problems`` when given (reading goes on), else raised as
     :class:`ShardError` naming the list, tar or member.
     """
-    for record, members in iter_shard_records(list_path, problems, codebook_size=codebook_size):
+    samples = iter_shard_records(list_path, problems, codebook_size=codebook_size, default_task=default_task)
+    for record, members in samples:
         try:
             audio = _decode_member(record, members, "wav", sample_rate) if "wav" in members else None
             history = [_decode_member(record, members, f"wav_{number}", sample_rate)

@@ -54,17 +54,18 @@ def init_encoder(model) -> None:
 
 
 def train_stage(stage: StageRecipe, corpus: str | Path, out: str | Path, preset: str, init=None,
-                resume: bool = False, progress: bool = True, seed: int | None = None, **trainer_args) -> Path:
+                resume: bool = False, progress: bool = True, seed: int | None = None,
+                default_task: str | None = None, **trainer_args) -> Path:
     """Train one stage into ``out``; returns the folder of its final checkpoint (``out/final``).
-    ``seed`` replaces the training seed of the preset (or of the ``init`` checkpoint)."""
+    ``seed`` replaces the training seed of the preset (or of the ``init`` checkpoint); ``default_task``
+    is the task of records without one (else such records stop the run, each named)."""
     corpus, out = check_corpus(corpus), Path(out)
     model = _model(preset, corpus, init, seed)
     if stage.lora and not uses_lora(model):
         add_lora(model)
     cache = None if dict(stage.module_lr).get("encoder") else EncoderCache.beside(corpus, model.encoder)
-    trainer = Trainer(model, stage, load_split(corpus, "train", model.config), out,
-                      dev=load_split(corpus, "dev", model.config), progress=progress, encoder_cache=cache,
-                      **trainer_args)
+    train, dev = (load_split(corpus, split, model.config, default_task) for split in ("train", "dev"))
+    trainer = Trainer(model, stage, train, out, dev=dev, progress=progress, encoder_cache=cache, **trainer_args)
     if resume:
         trainer.resume()
     try:

@@ -3,6 +3,7 @@
 import ast
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from echat.data.check import check_manifest, is_shard_list, run_check
 from echat.data.schema import read_manifest
 from echat.data.shards import write_shards
+from echat.tokens import TRANSCRIBE
 
 from . import write_tone
 
@@ -23,6 +25,7 @@ def write_jsonl(path: Path, lines: list) -> Path:
     """Write ``lines`` (dicts are JSON-encoded, strings written as they are), one per line."""
     text = "".join((json.dumps(line, ensure_ascii=False) if isinstance(line, dict) else line) + "\n"
                    for line in lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -38,8 +41,8 @@ def good(tmp_path) -> Path:
         {"key": "b", "wav": "wav/b.wav", "txt": "ok", "task": S2S,
          "extra": {"speech_token": [1, 2, 3], "q_emotion": "<SAD>", "caption": "<LAUGH>"}},
         {"key": "c", "txt": "r", "task": "<TEXT2TEXT>", "extra": {"question": "q"}},
-        {"key": "d", "wav": "wav/b.wav", "txt": "x", "start": 0.5, "end": 1.5, "extra": {"age": "<ADULT>"},
-         "wav_1": "wav/a.wav", "txt_1": "before"},
+        {"key": "d", "task": TRANSCRIBE, "wav": "wav/b.wav", "txt": "x", "start": 0.5, "end": 1.5,
+         "extra": {"age": "<ADULT>"}, "wav_1": "wav/a.wav", "txt_1": "before"},
     ])
 
 
@@ -64,23 +67,23 @@ def test_every_bad_record_is_one_located_problem(tmp_path):
     write_tone(tmp_path / "short.wav", 100 / 16_000)
     write_tone(tmp_path / "long.wav", 1.5)
     path = write_jsonl(tmp_path / "bad.jsonl", [
-        {"key": "fine", "wav": "ok.wav", "txt": "x"},
+        {"key": "fine", "task": TRANSCRIBE, "wav": "ok.wav", "txt": "x"},
         '{"key": "broken", "wav": ',
         {"key": "nowav", "txt": "x", "task": S2S, "extra": {"speech_token": [1]}},
         {"key": "unknown", "wav": "ok.wav", "txt": "x", "task": "<DANCE>"},
         {"key": "tokens", "wav": "ok.wav", "txt": "x", "task": S2S, "extra": {"speech_token": [1, 5000]}},
-        {"key": "missing", "wav": "gone.wav", "txt": "x"},
-        {"key": "short", "wav": "short.wav", "txt": "x"},
-        {"key": "long", "wav": "long.wav", "txt": "x"},
+        {"key": "missing", "task": TRANSCRIBE, "wav": "gone.wav", "txt": "x"},
+        {"key": "short", "task": TRANSCRIBE, "wav": "short.wav", "txt": "x"},
+        {"key": "long", "task": TRANSCRIBE, "wav": "long.wav", "txt": "x"},
         {"wav": "ok.wav", "txt": "no key"},
-        {"key": "fine", "wav": "ok.wav", "txt": "again"},
+        {"key": "fine", "task": TRANSCRIBE, "wav": "ok.wav", "txt": "again"},
     ])
     out = io.StringIO()
     assert run_check(path, codebook_size=4096, max_seconds=1.0, out=out) == 1
     expected = {
         2: "broken: malformed JSON", 3: "nowav: wav: missing", 4: "unknown: task: unknown task '<DANCE>'",
         5: "tokens: extra.speech_token: speech token 5000 out of range [0, 4096) at index 1",
-        6: "missing: audio file not found", 7: "short: audio too short", 8: "long: audio too long",
+        6: "missing: audio not found: gone.wav (tried", 7: "short: audio too short", 8: "long: audio too long",
         9: "-: key: missing", 10: "fine: duplicate key (first at",
     }
     problem_lines = [line for line in out.getvalue().splitlines() if line.startswith(f"{path}:")]
@@ -93,7 +96,7 @@ def test_every_bad_record_is_one_located_problem(tmp_path):
 
 
 def test_check_audio_off_skips_audio(tmp_path):
-    path = write_jsonl(tmp_path / "m.jsonl", [{"key": "k", "wav": "gone.wav", "txt": ""}])
+    path = write_jsonl(tmp_path / "m.jsonl", [{"key": "k", "task": TRANSCRIBE, "wav": "gone.wav", "txt": ""}])
     report = check_manifest(path, check_audio=False)
     assert report.ok and report.seconds is None and "audio: not checked" in report.render()
     assert not check_manifest(path).ok
@@ -103,8 +106,8 @@ def test_segment_past_the_end_and_bad_history_audio(tmp_path):
     write_tone(tmp_path / "a.wav", 0.5)
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
     path = write_jsonl(tmp_path / "m.jsonl", [
-        {"key": "seg", "wav": "a.wav", "txt": "", "start": 0.2, "end": 0.9},
-        {"key": "hist", "wav": "a.wav", "txt": "", "wav_1": "junk.wav", "txt_1": "t"},
+        {"key": "seg", "task": TRANSCRIBE, "wav": "a.wav", "txt": "", "start": 0.2, "end": 0.9},
+        {"key": "hist", "task": TRANSCRIBE, "wav": "a.wav", "txt": "", "wav_1": "junk.wav", "txt_1": "t"},
     ])
     messages = [str(p) for p in check_manifest(path).problems]
     assert len(messages) == 2
@@ -160,3 +163,62 @@ def test_data_modules_import_no_heavy_libraries_at_top_level():
         modules += [node.module for node in top if isinstance(node, ast.ImportFrom) and node.module]
         assert not [m for m in modules if m.split(".")[0] in ("torch", "transformers", "librosa")
                     or m == "echat.audio"], name
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_manifest_fails_with_no_records(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    out = io.StringIO()
+    assert run_check(path, out=out) == 1
+    assert f"{path}:0: -: no records" in out.getvalue()
+
+
+def test_records_without_a_task_are_each_named_and_counted_unless_a_default_is_given(tmp_path):
+    write_tone(tmp_path / "a.wav", 0.5)
+    path = write_jsonl(tmp_path / "m.jsonl", [
+        {"key": "a", "wav": "a.wav", "txt": "x"},
+        {"key": "b", "task": TRANSCRIBE, "wav": "a.wav", "txt": "y"},
+        {"key": "c", "tas_tag": "<S2TCHAT>", "wav": "a.wav", "txt": "z"},  # the reference sample's misspelling
+    ])
+    report = check_manifest(path)
+    assert [str(p) for p in report.problems] == [
+        f"{path}:{line}: {key}: task: missing (give --default-task TASK to read such records as TASK)"
+        for line, key in ((1, "a"), (3, "c"))]
+    assert report.records == 1
+    assert re.search(r"^task: missing +2$", report.render(), flags=re.M)
+    relaxed = check_manifest(path, default_task="<S2TCHAT>")
+    assert relaxed.ok and relaxed.tasks == {"<S2TCHAT>": 2, TRANSCRIBE: 1}
+
+
+def test_relative_audio_is_found_from_the_working_directory_as_the_reference_runs(tmp_path, monkeypatch):
+    """The reference's sample list names ``./common_utils/fake_data/raw/wav/random.wav`` and runs from its
+    repository's root: the path is relative to the working directory, not to the list's folder."""
+    root = tmp_path / "OSUM-EChat"
+    write_tone(root / "common_utils" / "fake_data" / "raw" / "wav" / "random.wav", 1.0)
+    manifest = write_jsonl(root / "common_utils" / "fake_data" / "raw" / "data.list", [
+        {"key": f"k{i}", "task": TRANSCRIBE, "wav": "./common_utils/fake_data/raw/wav/random.wav", "txt": "x"}
+        for i in range(3)])
+    monkeypatch.chdir(root)
+    assert check_manifest(manifest).ok
+    elsewhere = check_manifest(manifest, base_dir=tmp_path)
+    assert len(elsewhere.problems) == 3
+    assert elsewhere.problems[0].message == (
+        f"audio file not found: {tmp_path / 'common_utils/fake_data/raw/wav/random.wav'}")
+    monkeypatch.chdir(tmp_path)
+    missing = check_manifest(manifest).problems[0].message
+    assert missing.startswith("audio not found: ./common_utils/fake_data/raw/wav/random.wav (tried ")
+    assert str(tmp_path / "common_utils") in missing
+    assert str(root / "common_utils/fake_data/raw/common_utils") in missing
+
+
+def test_cli_data_check_takes_a_default_task_and_a_base(tmp_path):
+    write_tone(tmp_path / "audio" / "a.wav", 0.5)
+    path = write_jsonl(tmp_path / "lists" / "m.jsonl", [{"key": "a", "wav": "a.wav", "txt": "x"}])
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "echat", "data", "check", str(path), *extra],  # noqa: E731
+                                        capture_output=True, text=True, timeout=120)
+    refused = run()
+    assert refused.returncode == 1 and "a: task: missing" in refused.stdout
+    accepted = run("--default-task", "<TRANSCRIBE>", "--base", str(tmp_path / "audio"))
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "result: OK" in accepted.stdout

@@ -167,3 +167,23 @@ def test_bad_audio_and_overlong_samples_are_skipped_counted_and_nothing_else_is_
     kept = list(pipe.examples(loaded))
     assert pipe.skipped.counts["too long"] >= 1
     assert len(kept) + pipe.skipped.total == len(loaded)
+
+
+def test_training_refuses_records_without_a_task_unless_a_default_is_given(smoke_corpus, tmp_path):
+    """A record without a task names its line; ``--default-task`` (``default_task``) reads it as that task."""
+    import json
+
+    from echat.data.pipeline import load_split
+    from echat.data.schema import ManifestError
+
+    lines = (smoke_corpus / "train.jsonl").read_text().splitlines()[:6]
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        record["wav"] = str(smoke_corpus / record["wav"]) if record.get("wav") else record.get("wav")
+    del records[2]["task"]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = preset("smoke")
+    with pytest.raises(ManifestError, match=rf"train.jsonl:3: {records[2]['key']}: task: missing"):
+        load_split(tmp_path, "train", config)
+    samples = load_split(tmp_path, "train", config, default_task="<TRANSCRIBE>")
+    assert len(samples) == 6 and samples[2].record.task == "<TRANSCRIBE>"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from echat.data.schema import (
     CORE_FIELDS,
     HISTORY_FIELD,
+    AudioNotFoundError,
     ManifestError,
     Problem,
     Record,
@@ -24,10 +25,11 @@ from echat.data.schema import (
 from echat.tokens import CHAT_TASKS, TRANSCRIBE, OutputType, output_type
 
 S2S = "<S2TCHAT> <TEXT2TOKEN>"
+ASR = {"key": "k", "task": TRANSCRIBE, "wav": "a.wav", "txt": ""}  # a valid record, to spoil one field of
 
 
-def parse(obj, codebook_size=None):
-    return parse_record(obj, source="m.jsonl", line=7, codebook_size=codebook_size)
+def parse(obj, codebook_size=None, default_task=None):
+    return parse_record(obj, source="m.jsonl", line=7, codebook_size=codebook_size, default_task=default_task)
 
 
 def only_problem(obj, codebook_size=None) -> Problem:
@@ -38,7 +40,7 @@ def only_problem(obj, codebook_size=None) -> Problem:
 
 
 def test_minimal_record_defaults():
-    record = parse({"key": "u1", "wav": "wav/u1.wav", "txt": "hello"})
+    record = parse({"key": "u1", "task": TRANSCRIBE, "wav": "wav/u1.wav", "txt": "hello"})
     assert record.task == TRANSCRIBE
     assert record.output_type is OutputType.TEXT
     assert (record.extra, record.history, record.others) == ({}, [], {})
@@ -78,33 +80,35 @@ def test_text_input_tasks_may_omit_wav(task):
     [
         ([1, 2], "record: expected a JSON object, got an array"),
         ({"wav": "a.wav", "txt": ""}, "key: missing"),
-        ({"key": "  ", "wav": "a.wav", "txt": ""}, "key: empty"),
-        ({"key": 3, "wav": "a.wav", "txt": ""}, "key: expected a string"),
-        ({"key": "k", "wav": "a.wav"}, "txt: missing"),
+        ({"key": "  ", "task": TRANSCRIBE, "wav": "a.wav", "txt": ""}, "key: empty"),
+        ({"key": 3, "task": TRANSCRIBE, "wav": "a.wav", "txt": ""}, "key: expected a string"),
+        ({"key": "k", "task": TRANSCRIBE, "wav": "a.wav"}, "txt: missing"),
         ({"key": "k", "wav": "a.wav", "txt": None}, "txt: expected a string, got null"),
         ({"key": "k", "wav": "a.wav", "txt": "", "task": "<NOPE>"}, "task: unknown task '<NOPE>'"),
         ({"key": "k", "wav": "a.wav", "txt": "", "task": 5}, "task: expected a string"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "extra": "{not json"}, "extra: string is not valid JSON"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "extra": [1]}, "extra: expected an object"),
+        ({**ASR, "extra": "{not json"}, "extra: string is not valid JSON"),
+        ({**ASR, "extra": [1]}, "extra: expected an object"),
         ({"key": "k", "txt": "", "task": "<S2TCHAT>"}, "wav: missing (required: task <S2TCHAT>"),
-        ({"key": "k", "wav": 1, "txt": ""}, "wav: expected a non-empty path string"),
+        ({"key": "k", "task": TRANSCRIBE, "wav": 1, "txt": ""}, "wav: expected a non-empty path string"),
+        ({"key": "k", "wav": "a.wav", "txt": ""}, "task: missing (give --default-task"),
+        ({"key": "k", "wav": "a.wav", "txt": "", "task": " "}, "task: missing"),
         ({"key": "k", "wav": "a.wav", "txt": "", "task": S2S}, "extra.speech_token: missing"),
         ({"key": "k", "wav": "a.wav", "txt": "", "task": S2S, "extra": {"speech_token": []}},
          "extra.speech_token: empty"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "extra": {"speech_token": [1, 2.0]}},
+        ({**ASR, "extra": {"speech_token": [1, 2.0]}},
          "extra.speech_token: speech token 2.0 at index 1 is not an integer"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "extra": {"speech_token": [1, -2]}},
+        ({**ASR, "extra": {"speech_token": [1, -2]}},
          "extra.speech_token: speech token -2 is negative at index 1"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "extra": {"speech_token_1": "1 2"}},
+        ({**ASR, "extra": {"speech_token_1": "1 2"}},
          "extra.speech_token_1: expected a list of integers"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "start": 1.0}, "end: start and end must be given together"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "start": 2, "end": 2}, "start: need 0 <= start < end"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "start": -1, "end": 2}, "start: need 0 <= start < end"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "start": True, "end": 2}, "start: expected a finite number"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "start": 0, "end": float("nan")}, "end: expected a finite"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "wav_1": "h.wav"}, "txt_1: missing (history turn 1"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "wav_2": "h.wav", "txt_2": "x"}, "wav_1: missing"),
-        ({"key": "k", "wav": "a.wav", "txt": "", "wav_1": 3, "txt_1": "x"}, "wav_1: expected a non-empty"),
+        ({**ASR, "start": 1.0}, "end: start and end must be given together"),
+        ({**ASR, "start": 2, "end": 2}, "start: need 0 <= start < end"),
+        ({**ASR, "start": -1, "end": 2}, "start: need 0 <= start < end"),
+        ({**ASR, "start": True, "end": 2}, "start: expected a finite number"),
+        ({**ASR, "start": 0, "end": float("nan")}, "end: expected a finite"),
+        ({**ASR, "wav_1": "h.wav"}, "txt_1: missing (history turn 1"),
+        ({**ASR, "wav_2": "h.wav", "txt_2": "x"}, "wav_1: missing"),
+        ({**ASR, "wav_1": 3, "txt_1": "x"}, "wav_1: expected a non-empty"),
     ],
 )
 def test_one_problem_naming_the_field(obj, field):
@@ -131,12 +135,31 @@ def test_problem_and_error_format():
     assert pickle.loads(pickle.dumps(error)).problems == error.problems
 
 
-def test_audio_path_relative_to_manifest_folder(tmp_path):
-    record = parse_record({"key": "k", "wav": "wav/k.wav", "txt": "", "wav_1": "/abs/h.wav", "txt_1": ""},
-                          source=tmp_path / "sub" / "m.jsonl", line=1)
+def test_a_missing_task_is_read_as_the_default_task_only_when_one_is_given():
+    record = parse({"key": "k", "wav": "a.wav", "txt": ""}, default_task="<S2TCHAT>")
+    assert record.task == "<S2TCHAT>"
+    assert parse({"key": "k", "task": "<AGE>", "wav": "a.wav", "txt": ""}, default_task="<S2TCHAT>").task == "<AGE>"
+
+
+def test_audio_is_looked_up_in_the_working_directory_then_the_manifest_folder(tmp_path, monkeypatch):
+    """The reference opens relative paths from the working directory; echat's corpora write them relative
+    to the manifest. Both are tried in that order; an explicit base is the only place looked at."""
+    obj = {"key": "k", "task": TRANSCRIBE, "wav": "wav/k.wav", "txt": "", "wav_1": "/abs/h.wav", "txt_1": ""}
+    record = parse_record(obj, source=tmp_path / "sub" / "m.jsonl", line=1)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AudioNotFoundError) as missing:
+        record.audio_path()
+    assert str(missing.value) == (f"audio not found: wav/k.wav (tried {tmp_path / 'wav' / 'k.wav'}, "
+                                  f"{tmp_path / 'sub' / 'wav' / 'k.wav'})")
+    (tmp_path / "sub" / "wav").mkdir(parents=True)
+    (tmp_path / "sub" / "wav" / "k.wav").write_bytes(b"RIFF")
     assert record.audio_path() == tmp_path / "sub" / "wav" / "k.wav"
-    assert record.audio_path(tmp_path) == tmp_path / "wav" / "k.wav"
-    assert record.history_paths() == [Path("/abs/h.wav")]
+    (tmp_path / "wav").mkdir()
+    (tmp_path / "wav" / "k.wav").write_bytes(b"RIFF")
+    assert record.audio_path() == tmp_path / "wav" / "k.wav"
+    assert record.audio_path(tmp_path / "elsewhere") == tmp_path / "elsewhere" / "wav" / "k.wav"
+    with pytest.raises(AudioNotFoundError, match="/abs/h.wav"):
+        record.history_paths()
     with pytest.raises(ValueError, match="has no wav"):
         Record(key="t", task="<TEXT2TEXT>").audio_path()
 
@@ -147,7 +170,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def test_read_reports_every_problem_and_keeps_valid_lines(tmp_path):
-    good = [json.dumps({"key": f"u{i}", "wav": f"u{i}.wav", "txt": str(i)}) for i in range(3)]
+    good = [json.dumps({"key": f"u{i}", "task": TRANSCRIBE, "wav": f"u{i}.wav", "txt": str(i)}) for i in range(3)]
     path = write_lines(tmp_path / "m.jsonl", [good[0], '{"key": "b1", "txt": ', "", good[1], "[]", "  ", good[2]])
     records, problems = read_manifest_report(path)
     assert [r.key for r in records] == ["u0", "u1", "u2"]
@@ -162,8 +185,8 @@ def test_read_reports_every_problem_and_keeps_valid_lines(tmp_path):
 
 def test_read_handles_bom_crlf_and_bad_utf8(tmp_path):
     path = tmp_path / "m.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"key": "a", "wav": "a.wav", "txt": "x"}\r\n\xff\xfe\n'
-                     b'{"key": "b", "wav": "b.wav", "txt": "y"}')
+    path.write_bytes(b'\xef\xbb\xbf{"key": "a", "task": "<TRANSCRIBE>", "wav": "a.wav", "txt": "x"}\r\n\xff\xfe\n'
+                     b'{"key": "b", "task": "<TRANSCRIBE>", "wav": "b.wav", "txt": "y"}')
     records, problems = read_manifest_report(path)
     assert [r.key for r in records] == ["a", "b"]
     assert len(problems) == 1 and problems[0].line == 2 and "UTF-8" in problems[0].message
@@ -175,7 +198,7 @@ def test_missing_manifest_is_one_clear_error(tmp_path):
 
 
 def test_write_is_deterministic_utf8_and_survives_lone_surrogates(tmp_path):
-    record = parse({"key": "k", "wav": "a.wav", "txt": "天气\ud800", "zz": 1, "aa": 2})
+    record = parse({"key": "k", "task": TRANSCRIBE, "wav": "a.wav", "txt": "天气\ud800", "zz": 1, "aa": 2})
     path = write_manifest([record, record], tmp_path / "out" / "m.jsonl")
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == lines[1]

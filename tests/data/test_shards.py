@@ -21,6 +21,7 @@ from echat.data.shards import (
     shards_to_raw,
     write_shards,
 )
+from echat.tokens import TRANSCRIBE
 
 from . import SAMPLE_RATE_HZ, tone, write_tone
 
@@ -38,12 +39,13 @@ def raw(tmp_path) -> Path:
     write_tone(folder / "wav" / "turn1.wav", 0.3, f0=300.0)
     write_tone(folder / "wav" / "turn2.wav", 0.3, f0=330.0)
     objs = [
-        {"key": "asr_1", "wav": "wav/asr.wav", "txt": "hello there", "extra": {"age": "<ADULT>"}},
+        {"key": "asr_1", "task": TRANSCRIBE, "wav": "wav/asr.wav", "txt": "hello there", "extra": {"age": "<ADULT>"}},
         {"key": "s2s.v1.x", "wav": "wav/s2s.wav", "txt": "我很好", "task": S2S, "start": 0.1, "end": 0.9,
          "extra": {"speech_token": [1, 4095, 7], "duration": 1.0, "q_emotion": "<SAD>"},
          "tar_path_key": "sex_000000298", "nested": {"a": [1, None]}},
         {"key": "t2t", "txt": "reply", "task": "<TEXT2TEXT>", "extra": {"question": "how?"}},
-        {"key": "resampled", "wav": str(folder / "wav" / "stereo22k.wav"), "txt": "abs path, 22 kHz"},
+        {"key": "resampled", "task": TRANSCRIBE, "wav": str(folder / "wav" / "stereo22k.wav"),
+         "txt": "abs path, 22 kHz"},
         {"key": "multi", "wav": "wav/s2s.wav", "txt": "third", "task": S2S, "extra": {"speech_token": [5]},
          "wav_1": "wav/turn1.wav", "txt_1": "first", "wav_2": "wav/turn2.wav", "txt_2": "second"},
     ]
@@ -131,7 +133,8 @@ def test_write_rejects_duplicate_and_unusable_keys(tmp_path):
 
 def test_write_names_missing_audio(tmp_path):
     record = Record(key="gone", wav="gone.wav", source=str(tmp_path / "m.jsonl"), line=4)
-    with pytest.raises(ShardError, match=r"m\.jsonl:4: gone: audio file not found: .*gone\.wav"):
+    with pytest.raises(ShardError, match=r"m\.jsonl:4: gone: audio not found: gone\.wav \(tried .*gone\.wav, "
+                                         r".*gone\.wav\)"):
         write_shards([record], tmp_path / "shards")
     assert not list((tmp_path / "shards").glob("*.tar*"))
 
@@ -172,7 +175,7 @@ def test_corrupt_member_is_collected_not_a_crash(tmp_path):
     good = encode_wav(tone(0.2))
     list_path = write_tar(tmp_path / "x.tar", [
         ("bad.txt", b"t"), ("bad.wav", b"RIFF garbage"), ("bad.task", b"<TRANSCRIBE>"),
-        ("ok.txt", b"t"), ("ok.wav", good),
+        ("ok.txt", b"t"), ("ok.task", b"<TRANSCRIBE>"), ("ok.wav", good),
         ("odd.extra", b"{oops"), ("noext", b"?"),
     ])
     problems = []
@@ -180,8 +183,8 @@ def test_corrupt_member_is_collected_not_a_crash(tmp_path):
     assert [s.record.key for s in samples] == ["ok"]
     messages = [str(p) for p in problems]
     assert messages[0].startswith(f"{tmp_path / 'x.tar'}:1: bad: corrupt audio member bad.wav")
-    assert messages[1].startswith(f"{tmp_path / 'x.tar'}:6: odd: member .extra is not valid JSON")
-    assert messages[2] == f"{tmp_path / 'x.tar'}:7: -: member 'noext' has no extension"
+    assert messages[1].startswith(f"{tmp_path / 'x.tar'}:7: odd: member .extra is not valid JSON")
+    assert messages[2] == f"{tmp_path / 'x.tar'}:8: -: member 'noext' has no extension"
     with pytest.raises(ShardError, match="corrupt audio member bad.wav"):
         list(iter_shards(list_path))
 
@@ -192,11 +195,14 @@ def test_reads_reference_style_members(tmp_path):
         ("k1.task", b"<Speech2TEXTandTOKEN>"), ("k1.lang", b"zh"), ("k1.duration", b"0.1"),
         ("k1.extra", json.dumps({"speech_token": [1, 2]}).encode()), ("k2.wav", encode_wav(tone(0.1))),
     ])
-    samples = list(iter_shards(list_path))
-    first, second = (s.record for s in samples)
+    problems = []
+    first, = (s.record for s in iter_shards(list_path, problems))
     assert (first.task, first.txt, first.others) == (S2S, "你好", {"lang": "zh"})
     assert first.extra == {"speech_token": [1, 2], "duration": 0.1}
-    assert (second.key, second.txt, second.task) == ("k2", "", "<TRANSCRIBE>")
+    assert [str(p) for p in problems] == [f"{tmp_path / 'ref.tar'}:7: k2: task: missing (give --default-task TASK "
+                                          "to read such records as TASK)"]
+    _, second = (s.record for s in iter_shards(list_path, default_task=TRANSCRIBE))
+    assert (second.key, second.txt, second.task) == ("k2", "", TRANSCRIBE)
 
 
 def test_encode_wav_quantises_and_clips():
@@ -211,3 +217,35 @@ def test_shards_to_raw_keeps_text_only_records(tmp_path):
     back = read_manifest(shards_to_raw(write_shards(records, tmp_path / "s"), tmp_path / "r"))
     assert back == records
     assert write_manifest(back, tmp_path / "again.jsonl").read_text() == (tmp_path / "r" / "data.jsonl").read_text()
+
+
+def _special(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def test_links_devices_and_names_leaving_the_folder_are_refused_by_name(tmp_path):
+    """A shard is read into memory, never extracted by name, but such a member means a damaged or hostile
+    file; each is one problem naming it, and the valid samples around it are still read."""
+    tar_path = tmp_path / "x.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, payload in [("ok.txt", b"t"), ("ok.task", b"<TRANSCRIBE>"), ("ok.wav", encode_wav(tone(0.1))),
+                              ("../evil.txt", b"x"), ("/etc/evil.txt", b"x")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        tar.addfile(_special("link.wav", tarfile.SYMTYPE, "/etc/passwd"))
+        tar.addfile(_special("hard.wav", tarfile.LNKTYPE, "ok.wav"))
+        tar.addfile(_special("dev.wav", tarfile.CHRTYPE))
+        tar.addfile(_special("folder", tarfile.DIRTYPE))
+    (tmp_path / SHARD_LIST).write_text("x.tar\n")
+    problems = []
+    assert [s.record.key for s in iter_shards(tmp_path / SHARD_LIST, problems)] == ["ok"]
+    assert [str(p) for p in problems] == [
+        f"{tar_path}:4: -: member '../evil.txt' has an absolute name or a '..' in it: refused",
+        f"{tar_path}:5: -: member '/etc/evil.txt' has an absolute name or a '..' in it: refused",
+        f"{tar_path}:6: -: member 'link.wav' is a link: refused",
+        f"{tar_path}:7: -: member 'hard.wav' is a link: refused",
+        f"{tar_path}:8: -: member 'dev.wav' is not a regular file: refused",
+    ]

@@ -90,3 +90,18 @@ def test_two_rows_in_one_batch_give_the_same_losses_as_separately(smoke_model, f
     total = sum(float(o.loss) * (o.n_text + o.n_speech) for o in separate)
     count = sum(o.n_text + o.n_speech for o in separate)
     assert abs(float(together.loss) - total / count) < 1e-4
+
+
+def test_building_a_model_flushes_subnormal_floats():
+    """Subnormal arithmetic made one CPU generate 100x slower: building an EChat turns flushing on."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "tiny = torch.tensor([1e-39])\n"
+            "assert (tiny * 1.0).item() != 0.0\n"
+            "from echat.config import preset\n"
+            "from echat.models.echat import EChat\n"
+            "EChat(preset('smoke'))\n"
+            "assert (tiny * 1.0).item() == 0.0\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
