@@ -34,7 +34,7 @@ from echat.data.schema import (
     Record,
     read_manifest_report,
 )
-from echat.data.shards import iter_shard_records
+from echat.data.shards import COMBINES_LIST, iter_shard_records
 from echat.tokens import CUE_FIELDS, LABEL_SETS, OutputType
 
 SAMPLE_RATE_HZ = AudioConfig.sample_rate_hz  # the front-end rate (echat.audio.SAMPLE_RATE_HZ), read light
@@ -193,13 +193,16 @@ def _check_audio(report: CheckReport, record: Record, members: dict[str, bytes] 
 
 
 def is_shard_list(path: PathType) -> bool:
-    """True when the first non-blank line of ``path`` names a tar (a shard list), not a JSON record."""
+    """True when ``path`` lists tars (a shard list, ``<jsonl>|<tar>`` combine lines, or a reference
+    ``combines_list.txt``), not JSON records."""
+    if Path(path).name == COMBINES_LIST:
+        return True
     try:
         with Path(path).open("r", encoding="utf-8", errors="replace") as lines:
             first = next((line.strip() for line in lines if line.strip()), "")
     except OSError:
         return Path(path).suffix == ".txt"
-    return not first.startswith("{") and first.removeprefix("-|").endswith(".tar")
+    return not first.startswith("{") and first.endswith(".tar")
 
 
 def _entries(path: Path, kind: str, problems: list[Problem], codebook_size: int | None,

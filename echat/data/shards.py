@@ -227,8 +227,21 @@ def write_shards(
 # ----------------------------------------------------------------------------------------------
 
 
-def _list_entries(list_path: PathType) -> list[tuple[int, Path]]:
-    """``(line, tar path)`` of every non-blank line; raises :class:`ShardError` for a bad list."""
+COMBINES_LIST, COMBINES_TAR_ROOT = "combines_list.txt", "combines_tar_root.txt"  # reference §6.3
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One tar of a shard list; ``metadata``: a combine entry's JSONL (its records give each sample's
+    ``txt``, ``task`` and ``extra``; the tar gives the audio), None for a plain shard."""
+
+    line: int
+    tar: Path
+    metadata: Path | None = None
+
+
+def _read_list(list_path: PathType) -> list[tuple[int, str]]:
+    """``(line, text)`` of every non-blank line; raises :class:`ShardError` when unreadable."""
     source = str(list_path)
     try:
         text = Path(list_path).read_text(encoding="utf-8")
@@ -236,24 +249,49 @@ def _list_entries(list_path: PathType) -> list[tuple[int, Path]]:
         raise ShardError([Problem(source, 0, UNKNOWN_KEY, "shard list not found")]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ShardError([Problem(source, 0, UNKNOWN_KEY, f"cannot read shard list: {err}")]) from None
-    entries, bad = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        entry = line.strip().removeprefix("-|")  # "-|<tar>": a plain shard in a reference combine list
-        if not entry:
-            continue
-        if "|" in entry:
-            bad.append(Problem(source, number, UNKNOWN_KEY, f"combine entries are not supported: {entry}"))
-            continue
-        tar = Path(entry)
-        entries.append((number, tar if tar.is_absolute() else Path(list_path).parent / tar))
-    if bad:
-        raise ShardError(bad)
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _listed(path: str, folder: Path) -> Path:
+    """A listed path: absolute, else from the working directory when it is there (the reference's
+    lists are read from its repository's root), else from the list's folder."""
+    listed = Path(path)
+    if listed.is_absolute() or listed.exists():
+        return listed
+    return folder / listed
+
+
+def _list_entries(list_path: PathType) -> list[ListEntry]:
+    """The tars of a shard list: lines ``<tar>``, ``-|<tar>`` (a plain shard) or ``<jsonl>|<tar>`` (a
+    combine entry), or a reference ``combines_list.txt`` (per-tar JSONL files, the tars in the folder
+    named by ``combines_tar_root.txt`` beside it: ``<root>/<JSONL name without extension>.tar``)."""
+    folder = Path(list_path).parent
+    lines = _read_list(list_path)
+    if Path(list_path).name == COMBINES_LIST:
+        root = _combines_root(Path(list_path))
+        return [ListEntry(number, root / f"{Path(jsonl).stem}.tar", _listed(jsonl, folder)) for number, jsonl in lines]
+    entries = []
+    for number, line in lines:
+        metadata, bar, tar = line.rpartition("|")
+        combine = bool(bar) and metadata.strip() != "-"
+        entries.append(ListEntry(number, _listed(tar.strip(), folder), _listed(metadata.strip(), folder) if combine
+                                 else None))
     return entries
 
 
+def _combines_root(list_path: Path) -> Path:
+    """The tar folder named by the ``combines_tar_root.txt`` beside a ``combines_list.txt``."""
+    root_file = list_path.parent / COMBINES_TAR_ROOT
+    try:
+        root = root_file.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ShardError([Problem(str(list_path), 0, UNKNOWN_KEY, f"cannot read {root_file}: {err}")]) from None
+    return _listed(root, list_path.parent)
+
+
 def read_shard_list(list_path: PathType) -> list[Path]:
-    """Tar paths listed in a shard list (relative entries resolved against the list's folder)."""
-    return [tar for _, tar in _list_entries(list_path)]
+    """Tar paths listed in a shard list (see :func:`_list_entries` for the layouts and paths)."""
+    return [entry.tar for entry in _list_entries(list_path)]
 
 
 def refused_member(info: tarfile.TarInfo) -> str | None:
@@ -337,6 +375,16 @@ def _group_fields(prefix: str, members: Members) -> dict[str, Any]:
     return obj
 
 
+def _combine_record(tar: Path, first: int, prefix: str, members: Members, metadata: dict[str, dict], jsonl: Path,
+                    codebook_size: int | None, default_task: str | None) -> tuple[Record, Members]:
+    """Validated record of one combine sample and its members; raises :class:`ManifestError`."""
+    try:
+        obj, kept = _combined(prefix, members, metadata, jsonl)
+    except ValueError as err:
+        raise ManifestError([Problem(str(tar), first, prefix, str(err))]) from None
+    return parse_record(obj, source=tar, line=first, codebook_size=codebook_size, default_task=default_task), kept
+
+
 def _group_record(tar: Path, first: int, prefix: str, members: Members,
                   codebook_size: int | None, default_task: str | None = None) -> Record:
     """Validated record of one sample; raises :class:`ManifestError` with one Problem."""
@@ -347,18 +395,57 @@ def _group_record(tar: Path, first: int, prefix: str, members: Members,
     return parse_record(obj, source=tar, line=first, codebook_size=codebook_size, default_task=default_task)
 
 
-def _tar_records(tar: Path, problems: list[Problem] | None, codebook_size: int | None,
+def _combine_metadata(jsonl: Path, problems: list[Problem] | None) -> dict[str, dict]:
+    """Key -> JSON object of a combine entry's JSONL; bad lines and duplicate keys are problems."""
+    found: dict[str, dict] = {}
+    for number, line in _read_list(jsonl):
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            _fail(problems, Problem(str(jsonl), number, UNKNOWN_KEY, f"malformed JSON: {err}"))
+            continue
+        key = obj.get("key") if isinstance(obj, dict) else None
+        if not isinstance(key, str) or not key:
+            _fail(problems, Problem(str(jsonl), number, UNKNOWN_KEY, "key: missing"))
+        elif key in found:
+            _fail(problems, Problem(str(jsonl), number, key, "duplicate key"))
+        else:
+            found[key] = obj
+    return found
+
+
+def _combined(prefix: str, members: Members, metadata: dict[str, dict], jsonl: Path) -> tuple[dict, Members]:
+    """A combine sample's raw fields (``txt``, ``task``, ``extra`` from its JSONL entry, the audio from the
+    tar) and its members without history turns, which combine mode ignores (reference §6.3)."""
+    if prefix not in metadata:
+        raise ValueError(f"no entry with this key in {jsonl}")
+    entry = metadata[prefix]
+    missing = [name for name in ("txt", "extra") if name not in entry]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: missing in {jsonl} (required in combine mode)")
+    kept = {suffix: data for suffix, data in members.items() if not HISTORY_FIELD.fullmatch(suffix)}
+    obj = {"key": prefix, "txt": entry["txt"], "extra": entry["extra"], "task": entry.get("task")}
+    if "wav" in kept:
+        obj["wav"] = f"{prefix}.wav"
+    return obj, kept
+
+
+def _tar_records(entry: ListEntry, problems: list[Problem] | None, codebook_size: int | None,
                  default_task: str | None) -> Iterator[tuple[Record, Members]]:
-    for item in _iter_groups(tar):
+    metadata = _combine_metadata(entry.metadata, problems) if entry.metadata else None
+    for item in _iter_groups(entry.tar):
         if isinstance(item, Problem):
             _fail(problems, item)
             continue
         try:
-            record = _group_record(tar, *item, codebook_size, default_task)
+            if metadata is None:
+                found = _group_record(entry.tar, *item, codebook_size, default_task), item[2]
+            else:
+                found = _combine_record(entry.tar, *item, metadata, entry.metadata, codebook_size, default_task)
         except ManifestError as err:
             _fail(problems, *err.problems)
             continue
-        yield record, item[2]
+        yield found
 
 
 def iter_shard_records(
@@ -376,11 +463,13 @@ def iter_shard_records(
     except ShardError as err:
         _fail(problems, *err.problems)
         return
-    for line, tar in entries:
-        if not tar.is_file():
-            _fail(problems, Problem(str(list_path), line, UNKNOWN_KEY, f"shard tar not found: {tar}"))
-            continue
-        yield from _tar_records(tar, problems, codebook_size, default_task)
+    for entry in entries:
+        for path, what in ((entry.tar, "shard tar"), (entry.metadata, "combine JSONL")):
+            if path is not None and not path.is_file():
+                _fail(problems, Problem(str(list_path), entry.line, UNKNOWN_KEY, f"{what} not found: {path}"))
+                break
+        else:
+            yield from _tar_records(entry, problems, codebook_size, default_task)
 
 
 def _decode_member(record: Record, members: Members, suffix: str, sample_rate: int) -> np.ndarray:

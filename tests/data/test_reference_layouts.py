@@ -1,0 +1,84 @@
+"""The reference's three data layouts (raw list, shard tars, combine lists; reference §6.1-§6.3), built as its
+fake data lays them out (after its documented path fixes) and read from its repository's root."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from echat.data.check import check_manifest
+from echat.data.schema import read_manifest
+from echat.data.shards import SHARD_LIST, iter_shards, write_shards
+
+from . import write_tone
+
+THINK_TASK = "<S2TCHAT> <TEXT2TOKEN> <THINK>"
+FAKE = Path("common_utils") / "fake_data"
+
+
+def _raw_records(n: int) -> list[dict]:
+    extra = {"dataset": "fake", "age": "<ADULT>", "gender": "<FEMALE>", "think_str": "a calm adult woman",
+             "question": "how do I join?", "speech_token": [2164, 3, 1446, 4082, 1446]}
+    return [{"key": f"fake_{i}", "txt": "you can join like this", "wav": f"./{FAKE}/raw/wav/random.wav",
+             "extra": extra, "tar_path_key": "sex_000000298", "task": THINK_TASK} for i in range(1, n + 1)]
+
+
+@pytest.fixture
+def reference_root(tmp_path, monkeypatch) -> Path:
+    """A reference checkout's data layouts; the working directory is its root, as its scripts expect."""
+    root = tmp_path / "OSUM-EChat"
+    write_tone(root / FAKE / "raw" / "wav" / "random.wav", 1.0)
+    raw = root / FAKE / "raw" / "data.list"
+    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _raw_records(4)), encoding="utf-8")
+    monkeypatch.chdir(root)
+    write_shards(read_manifest(raw), root / FAKE / "shard")
+    (root / FAKE / "shard" / SHARD_LIST).write_text(f"./{FAKE}/shard/shards_000000000.tar\n")
+    combine = root / FAKE / "combine"
+    combine.mkdir()
+    entries = [{"key": r["key"], "txt": r["txt"], "tas_tag": r["task"],  # the reference sample's misspelling
+                "extra": {**r["extra"], "q_txt": r["extra"]["question"]}} for r in _raw_records(4)]
+    (combine / "shards_000000000.list").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (combine / "combines_list.txt").write_text(f"./{FAKE}/combine/shards_000000000.list\n")
+    (combine / "combines_tar_root.txt").write_text(f"./{FAKE}/shard\n")
+    return root
+
+
+def test_the_raw_and_shard_layouts_pass_the_check_from_the_reference_root(reference_root):
+    for manifest in (FAKE / "raw" / "data.list", FAKE / "shard" / SHARD_LIST):
+        report = check_manifest(manifest, codebook_size=4096)
+        assert report.ok, report.render()
+        assert report.records == 4 and report.tasks == {THINK_TASK: 4}
+        assert report.seconds == pytest.approx(4.0, abs=1e-3)
+
+
+def test_the_combine_layout_reads_metadata_from_its_jsonl_and_audio_from_the_tar(reference_root):
+    listed = FAKE / "combine" / "combines_list.txt"
+    strict = check_manifest(listed, codebook_size=4096)
+    assert [p.message for p in strict.problems] == [
+        "task: missing (give --default-task TASK to read such records as TASK)"] * 4
+    report = check_manifest(listed, codebook_size=4096, default_task=THINK_TASK)
+    assert report.ok and report.kind == "shards" and report.records == 4
+    samples = list(iter_shards(listed, default_task=THINK_TASK))
+    assert [s.record.extra["q_txt"] for s in samples] == ["how do I join?"] * 4  # from the JSONL, not the tar
+    assert all(s.audio.shape == (16_000,) for s in samples)
+
+
+def test_combine_lines_mix_with_plain_shards_and_name_what_is_wrong(reference_root, tmp_path):
+    tar = reference_root / FAKE / "shard" / "shards_000000000.tar"
+    metadata = tmp_path / "meta.jsonl"
+    rows = [{"key": "fake_1", "txt": "a", "task": "<TRANSCRIBE>", "extra": {}},
+            {"key": "fake_2", "task": "<TRANSCRIBE>", "extra": {}}, "{broken"]
+    metadata.write_text("".join((json.dumps(r) if isinstance(r, dict) else r) + "\n" for r in rows))
+    listed = tmp_path / "data.list"
+    listed.write_text(f"{metadata}|{tar}\n-|{tar}\n{tmp_path / 'gone.jsonl'}|{tar}\n")
+    problems = []
+    records = [s.record for s in iter_shards(listed, problems, codebook_size=4096)]
+    assert [(r.key, r.task) for r in records] == [("fake_1", "<TRANSCRIBE>")] + [(f"fake_{i}", THINK_TASK)
+                                                                                  for i in range(1, 5)]
+    assert sorted(str(p) for p in problems) == sorted([
+        f"{metadata}:3: -: malformed JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        f"{tar}:6: fake_2: txt: missing in {metadata} (required in combine mode)",
+        f"{tar}:11: fake_3: no entry with this key in {metadata}",
+        f"{tar}:16: fake_4: no entry with this key in {metadata}",
+        f"{listed}:3: -: combine JSONL not found: {tmp_path / 'gone.jsonl'}",
+    ])
