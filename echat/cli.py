@@ -178,7 +178,7 @@ def _add_data(sub) -> None:
     check = _parser(data, "check", "validate a raw jsonl manifest or a shard list without loading a model",
                     cmd_data_check, "data check")
     check.add_argument("manifest", help="raw .jsonl manifest, shards_list.txt, a list of <jsonl>|<tar> combine "
-                       "lines, or combines_list.txt")
+                       "lines, combines_list.txt, or a data-list .yaml")
     check.add_argument("--preset", default="osum-echat", help="preset whose limits apply (speech codebook, "
                        "clip length); default osum-echat")
     check.add_argument("--no-audio", action="store_true", help="skip opening the audio files")

@@ -25,6 +25,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from echat.config import AudioConfig
+from echat.data.mixes import is_data_yaml, read_data_yaml
 from echat.data.schema import (
     UNKNOWN_KEY,
     AudioNotFoundError,
@@ -34,7 +35,7 @@ from echat.data.schema import (
     Record,
     read_manifest_report,
 )
-from echat.data.shards import COMBINES_LIST, iter_shard_records
+from echat.data.shards import COMBINES_LIST, iter_entry_records, iter_shard_records
 from echat.tokens import CUE_FIELDS, LABEL_SETS, OutputType
 
 SAMPLE_RATE_HZ = AudioConfig.sample_rate_hz  # the front-end rate (echat.audio.SAMPLE_RATE_HZ), read light
@@ -193,9 +194,9 @@ def _check_audio(report: CheckReport, record: Record, members: dict[str, bytes] 
 
 
 def is_shard_list(path: PathType) -> bool:
-    """True when ``path`` lists tars (a shard list, ``<jsonl>|<tar>`` combine lines, or a reference
-    ``combines_list.txt``), not JSON records."""
-    if Path(path).name == COMBINES_LIST:
+    """True when ``path`` lists tars (a shard list, ``<jsonl>|<tar>`` combine lines, a reference
+    ``combines_list.txt`` or a data-list yaml), not JSON records."""
+    if Path(path).name == COMBINES_LIST or is_data_yaml(path):
         return True
     try:
         with Path(path).open("r", encoding="utf-8", errors="replace") as lines:
@@ -208,6 +209,14 @@ def is_shard_list(path: PathType) -> bool:
 def _entries(path: Path, kind: str, problems: list[Problem], codebook_size: int | None,
              default_task: str | None) -> Iterator[tuple[Record, dict[str, bytes] | None]]:
     """Valid records (with their tar members for shards), streamed; problems go to ``problems``."""
+    if kind == "shards" and is_data_yaml(path):
+        try:  # each tar once: the mix's weights repeat or subsample tars, which checking them does not need
+            entries = list(dict.fromkeys(read_data_yaml(path)))
+        except ManifestError as err:
+            problems.extend(err.problems)
+            return
+        yield from iter_entry_records(entries, problems, codebook_size=codebook_size, default_task=default_task)
+        return
     if kind == "shards":
         yield from iter_shard_records(path, problems, codebook_size=codebook_size, default_task=default_task)
         return

@@ -238,6 +238,7 @@ class ListEntry:
     line: int
     tar: Path
     metadata: Path | None = None
+    source: str = ""  # the list file that names it
 
 
 def _read_list(list_path: PathType) -> list[tuple[int, str]]:
@@ -252,7 +253,7 @@ def _read_list(list_path: PathType) -> list[tuple[int, str]]:
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
-def _listed(path: str, folder: Path) -> Path:
+def listed_path(path: str, folder: Path) -> Path:
     """A listed path: absolute, else from the working directory when it is there (the reference's
     lists are read from its repository's root), else from the list's folder."""
     listed = Path(path)
@@ -261,7 +262,7 @@ def _listed(path: str, folder: Path) -> Path:
     return folder / listed
 
 
-def _list_entries(list_path: PathType) -> list[ListEntry]:
+def list_entries(list_path: PathType) -> list[ListEntry]:
     """The tars of a shard list: lines ``<tar>``, ``-|<tar>`` (a plain shard) or ``<jsonl>|<tar>`` (a
     combine entry), or a reference ``combines_list.txt`` (per-tar JSONL files, the tars in the folder
     named by ``combines_tar_root.txt`` beside it: ``<root>/<JSONL name without extension>.tar``)."""
@@ -269,13 +270,14 @@ def _list_entries(list_path: PathType) -> list[ListEntry]:
     lines = _read_list(list_path)
     if Path(list_path).name == COMBINES_LIST:
         root = _combines_root(Path(list_path))
-        return [ListEntry(number, root / f"{Path(jsonl).stem}.tar", _listed(jsonl, folder)) for number, jsonl in lines]
+        return [ListEntry(number, root / f"{Path(jsonl).stem}.tar", listed_path(jsonl, folder), str(list_path))
+                for number, jsonl in lines]
     entries = []
     for number, line in lines:
         metadata, bar, tar = line.rpartition("|")
         combine = bool(bar) and metadata.strip() != "-"
-        entries.append(ListEntry(number, _listed(tar.strip(), folder), _listed(metadata.strip(), folder) if combine
-                                 else None))
+        entries.append(ListEntry(number, listed_path(tar.strip(), folder),
+                                 listed_path(metadata.strip(), folder) if combine else None, str(list_path)))
     return entries
 
 
@@ -286,12 +288,12 @@ def _combines_root(list_path: Path) -> Path:
         root = root_file.read_text(encoding="utf-8").strip()
     except OSError as err:
         raise ShardError([Problem(str(list_path), 0, UNKNOWN_KEY, f"cannot read {root_file}: {err}")]) from None
-    return _listed(root, list_path.parent)
+    return listed_path(root, list_path.parent)
 
 
 def read_shard_list(list_path: PathType) -> list[Path]:
-    """Tar paths listed in a shard list (see :func:`_list_entries` for the layouts and paths)."""
-    return [entry.tar for entry in _list_entries(list_path)]
+    """Tar paths listed in a shard list (see :func:`list_entries` for the layouts and paths)."""
+    return [entry.tar for entry in list_entries(list_path)]
 
 
 def refused_member(info: tarfile.TarInfo) -> str | None:
@@ -459,14 +461,22 @@ def iter_shard_records(
     ``default_task``: the task of samples without a ``.task`` member (else they are problems).
     """
     try:
-        entries = _list_entries(list_path)
+        entries = list_entries(list_path)
     except ShardError as err:
         _fail(problems, *err.problems)
         return
+    yield from iter_entry_records(entries, problems, codebook_size=codebook_size, default_task=default_task)
+
+
+def iter_entry_records(
+    entries: Iterable[ListEntry], problems: list[Problem] | None = None, *, codebook_size: int | None = None,
+    default_task: str | None = None,
+) -> Iterator[tuple[Record, Members]]:
+    """Like :func:`iter_shard_records`, for list entries already read (e.g. a weighted data mix's)."""
     for entry in entries:
         for path, what in ((entry.tar, "shard tar"), (entry.metadata, "combine JSONL")):
             if path is not None and not path.is_file():
-                _fail(problems, Problem(str(list_path), entry.line, UNKNOWN_KEY, f"{what} not found: {path}"))
+                _fail(problems, Problem(entry.source, entry.line, UNKNOWN_KEY, f"{what} not found: {path}"))
                 break
         else:
             yield from _tar_records(entry, problems, codebook_size, default_task)

@@ -18,7 +18,7 @@ from echat.tokens import TRANSCRIBE
 from . import write_tone
 
 S2S = "<S2TCHAT> <TEXT2TOKEN>"
-DATA_MODULES = ("check", "schema", "shards")
+DATA_MODULES = ("check", "mixes", "schema", "shards")
 
 
 def write_jsonl(path: Path, lines: list) -> Path:

@@ -1,14 +1,17 @@
 """The reference's three data layouts (raw list, shard tars, combine lists; reference §6.1-§6.3), built as its
 fake data lays them out (after its documented path fixes) and read from its repository's root."""
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from echat.data.check import check_manifest
+from echat.data.mixes import read_data_yaml
 from echat.data.schema import read_manifest
-from echat.data.shards import SHARD_LIST, iter_shards, write_shards
+from echat.data.shards import SHARD_LIST, ShardError, iter_shards, write_shards
 
 from . import write_tone
 
@@ -82,3 +85,33 @@ def test_combine_lines_mix_with_plain_shards_and_name_what_is_wrong(reference_ro
         f"{tar}:16: fake_4: no entry with this key in {metadata}",
         f"{listed}:3: -: combine JSONL not found: {tmp_path / 'gone.jsonl'}",
     ])
+
+
+def test_a_data_list_yaml_repeats_subsamples_and_shuffles_with_a_seed(reference_root, tmp_path):
+    """Reference §6.4: a whole-number weight repeats a source's tars, a weight in (0, 1) keeps that share."""
+    for i in range(4):  # a second source of four tars
+        records = [dataclasses.replace(r, key=f"more{i}_{r.key}") for r in read_manifest(FAKE / "raw" / "data.list")]
+        write_shards(records, tmp_path / "more" / str(i))
+    (tmp_path / "more" / SHARD_LIST).write_text("".join(f"{i}/shards_000000000.tar\n" for i in range(4)))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"fake:\n  path: ./{FAKE}/shard/{SHARD_LIST}\n  weight: 3\n"
+                   f"more:\n  path: {tmp_path / 'more' / SHARD_LIST}\n  weight: 0.5\n")
+    entries = read_data_yaml(mix, seed=1)
+    tars = [entry.tar.parent.name for entry in entries]
+    assert sorted(tars) == sorted(["shard"] * 3 + [t for t in tars if t != "shard"]) and len(tars) == 5
+    assert len({t for t in tars if t != "shard"}) == 2  # half of the four, each once
+    assert read_data_yaml(mix, seed=1) == entries and read_data_yaml(mix, seed=2) != entries
+    report = check_manifest(mix, codebook_size=4096)
+    assert report.ok and report.records == 4 * 3  # every distinct tar once
+
+
+@pytest.mark.parametrize("body, message", [
+    ("fake:\n  path: x.txt\n  weight: 1.5\n", "fake: weight: 1.5 is neither a whole number"),
+    ("fake:\n  weight: 2\n", "fake: expected {path: <list file>, weight: <number>}"),
+    ("- a\n- b\n", "expected a mapping name -> {path, weight}"),
+])
+def test_a_bad_data_list_yaml_names_its_source_and_field(tmp_path, body, message):
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(body)
+    with pytest.raises(ShardError, match=re.escape(message)):
+        read_data_yaml(mix)
