@@ -242,6 +242,12 @@ class GenerationOptions:
     speech_repeat_limit: int = 0  # ban a speech token repeated this many times in a row (0 = off)
     speech_window: int = 0  # ... or occurring speech_window_limit times in the last speech_window
     speech_window_limit: int = 0
+    # (token, run limit, window, window limit) for tokens with limits of their own, e.g. the reference's
+    # ((1446, 10, 13, 10),): that code may run 10 times and fill 10 of the last 13
+    speech_token_limits: tuple[tuple[int, int, int, int], ...] = ()
+    # the reference's age rule (prompts.AGE_CHOICE: after "年龄为:<" only CHILD, AD(ULT) or OLD, once);
+    # None: on with the Qwen2.5 tokenizer, whose think writes it, off with the mini tokenizer
+    age_rule: bool | None = None
     use_cache: bool = True  # KV cache; False recomputes the whole sequence every step (for checks)
     stream_chunk: int = 25  # speech tokens per streamed chunk (25 = 1 s at 25 Hz)
     seed: int | None = None

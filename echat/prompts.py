@@ -171,6 +171,12 @@ _TAG_THINK = {
 }
 
 
+# The reference's OSUM_chat_LogitsProcessor: once per generation, right after the think's "年龄为:<" only these
+# may follow (the unknown <&&> is not an age the tag-think model may write). Token strings, resolved through the
+# tokenizer: with Qwen2.5's, 102185 17714 31252 -> 99119, 1808, 7863, the reference's ids.
+AGE_CHOICE = ("年龄为:<", ("CHILD", "AD", "OLD"))
+
+
 def prompt_texts(prompt_set: PromptSet) -> list[str]:
     """Every fixed text of a prompt set (system prompts, think template, instructions): what a
     tokenizer must cover before any corpus text is seen."""
@@ -388,8 +394,11 @@ DEFAULT_OPTIONS = {
     OutputType.S2T_CHAT: GenerationOptions(**_SAMPLE, top_k=2, top_p=1.0, temperature=0.4, repetition_penalty=1.05),
     OutputType.T2T: GenerationOptions(do_sample=False, max_new_tokens=200),
     OutputType.TTS: GenerationOptions(**_SAMPLE, top_k=15, top_p=0.8, temperature=1.2),
+    # The reference's SpeechOnlyNGramBlockingLogitsProcessor as meant (it never switches on there): code 1446,
+    # which fills the ends of its replies' token lists, may repeat more than the others.
     OutputType.S2S: GenerationOptions(**_SAMPLE, top_k=10, top_p=0.9, temperature=1.2,
-                                      speech_repeat_limit=5, speech_window=8, speech_window_limit=5),
+                                      speech_repeat_limit=5, speech_window=8, speech_window_limit=5,
+                                      speech_token_limits=((1446, 10, 13, 10),)),
 }
 DEFAULT_OPTIONS[OutputType.S2T_THINK] = DEFAULT_OPTIONS[OutputType.S2T_CHAT]
 DEFAULT_OPTIONS[OutputType.S2T_CHAT_FAKE] = DEFAULT_OPTIONS[OutputType.S2T_CHAT]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DynamicCache, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -32,7 +32,7 @@ from transformers.generation.logits_process import (
 from echat.audio import load_audio, log_mel
 from echat.config import GenerationOptions, ThinkMode
 from echat.models.speech import apply_speech_blocking
-from echat.prompts import Turn, build_layout, default_options, instruction_prompts, parse_reply
+from echat.prompts import AGE_CHOICE, Turn, build_layout, default_options, instruction_prompts, parse_reply
 from echat.sequence import SequenceEncoder, clip_pack_layouts
 from echat.tokens import TEXT2TEXT, OutputType, SpecialIds, output_type, task_for
 
@@ -147,6 +147,37 @@ def _processors(options: GenerationOptions) -> LogitsProcessorList:
     return procs
 
 
+class ChoiceAfter(LogitsProcessor):
+    """Once per generation, right after the ids ``prefix`` only the ids ``allowed`` may follow (the rest of
+    the scores (1, V) set to -inf): the reference's age rule, :data:`echat.prompts.AGE_CHOICE`."""
+
+    def __init__(self, prefix: list[int], allowed: list[int]):
+        self.prefix, self.allowed, self.used = list(prefix), list(allowed), False
+
+    @classmethod
+    def age_rule(cls, tokenizer) -> ChoiceAfter:
+        """The age rule in ``tokenizer``'s ids (each choice's first token)."""
+        after, choices = AGE_CHOICE
+        prefix = tokenizer.encode(after, add_special_tokens=False)
+        return cls(prefix, [tokenizer.encode(choice, add_special_tokens=False)[0] for choice in choices])
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        n = len(self.prefix)
+        if self.used or input_ids.shape[1] < n or input_ids[0, -n:].tolist() != self.prefix:
+            return scores
+        self.used = True
+        keep = torch.full_like(scores, float("-inf"))
+        keep[:, self.allowed] = 0.0
+        return scores + keep
+
+
+def _text_processors(model, options: GenerationOptions, procs: LogitsProcessorList) -> LogitsProcessorList:
+    """The text phase's processors: the reference's age rule first (before any top-k could drop its
+    choices) when ``options.age_rule`` says so, or by default with the Qwen2.5 tokenizer; then ``procs``."""
+    on = options.age_rule if options.age_rule is not None else model.config.text.tokenizer == "qwen2.5"
+    return LogitsProcessorList([ChoiceAfter.age_rule(model.tokenizer), *procs] if on else procs)
+
+
 def _pick(logits: torch.Tensor, history: list[int], options, procs, gen) -> int:
     """Next id from logits (V,) given the ids generated so far in this phase."""
     scores = logits[None].float()
@@ -239,8 +270,9 @@ def _events(model, audio, text, task, think, options, history) -> Iterator[Strea
     procs, timings, text_out = _processors(options), Timings(), _TextStream(model.tokenizer)
     hidden, speech, ended = decoder.step(), [], not kind.text_out
     if kind.text_out:
+        text_procs = _text_processors(model, options, procs)
         for _ in range(options.max_new_tokens):
-            token = _pick(model.causal_lm.lm_head(hidden), text_out.ids, options, procs, gen)
+            token = _pick(model.causal_lm.lm_head(hidden), text_out.ids, options, text_procs, gen)
             if token == special.im_end:
                 ended = True
                 break
