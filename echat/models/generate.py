@@ -13,6 +13,7 @@ Design choices:
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -67,6 +68,7 @@ class GenerationResult:
     text_ids: list[int]
     timings: Timings
     audio: np.ndarray | None = None  # filled by a token2wav, when one is attached
+    interrupted: bool = False  # stopped by its ``interrupt`` before its end: what came so far
 
 
 @dataclass
@@ -233,13 +235,13 @@ def _embed_one(model, token: int, speech: bool) -> torch.Tensor:
 
 def stream(model, audio=None, text: str | None = None, task: str | None = None,
            think: ThinkMode | str | None = None, options: GenerationOptions | None = None,
-           history: tuple = (), token2wav=None) -> Iterator[StreamEvent]:
+           history: tuple = (), token2wav=None, interrupt: threading.Event | None = None) -> Iterator[StreamEvent]:
     """Generate, yielding text pieces and speech chunks as they come, then a "done" event. With a
     token2wav (``token2wav``, else ``model.token2wav``), each speech chunk is followed by an "audio" event
-    holding its wave, and the result's ``audio`` is those waves joined."""
+    holding its wave, and the result's ``audio`` is those waves joined. ``interrupt``: as in :func:`generate`."""
     vocoder = token2wav if token2wav is not None else getattr(model, "token2wav", None)
     waves = []
-    for event in _events(model, audio, text, task, think, options, history):
+    for event in _events(model, audio, text, task, think, options, history, interrupt):
         if event.kind == "done" and vocoder is not None and event.result.speech_tokens:
             event.result.audio = np.concatenate(waves)
         yield event
@@ -249,7 +251,7 @@ def stream(model, audio=None, text: str | None = None, task: str | None = None,
 
 
 @torch.inference_mode()
-def _events(model, audio, text, task, think, options, history) -> Iterator[StreamEvent]:
+def _events(model, audio, text, task, think, options, history, interrupt=None) -> Iterator[StreamEvent]:
     """The engine of :func:`stream`: text pieces, speech chunks, then "done"."""
     start = time.perf_counter()
     think = resolve_think(model, think)
@@ -272,6 +274,8 @@ def _events(model, audio, text, task, think, options, history) -> Iterator[Strea
     if kind.text_out:
         text_procs = _text_processors(model, options, procs)
         for _ in range(options.max_new_tokens):
+            if _stopped(interrupt):
+                break
             token = _pick(model.causal_lm.lm_head(hidden), text_out.ids, options, text_procs, gen)
             if token == special.im_end:
                 ended = True
@@ -284,17 +288,25 @@ def _events(model, audio, text, task, think, options, history) -> Iterator[Strea
         if kind.text_out:
             decoder.step(_embed_one(model, special.im_end, speech=False))
         hidden = decoder.step(_embed_one(model, special.speech_boundary, speech=True))
-        yield from _speech_phase(model, decoder, hidden, speech, options, procs, gen, timings, start)
+        yield from _speech_phase(model, decoder, hidden, speech, options, procs, gen, timings, start, interrupt)
     timings.total_s = time.perf_counter() - start
     timings.n_text, timings.n_speech = len(text_out.ids), len(speech)
-    yield StreamEvent("done", result=_result(model, task, kind, text_out.ids, speech, timings))
+    result = _result(model, task, kind, text_out.ids, speech, timings)
+    result.interrupted = _stopped(interrupt)
+    yield StreamEvent("done", result=result)
 
 
-def _speech_phase(model, decoder, hidden, speech: list[int], options, procs, gen, timings, start):
-    """Sample speech codes until the closing boundary; appends to ``speech``, yields chunks."""
+def _stopped(interrupt: threading.Event | None) -> bool:
+    return interrupt is not None and interrupt.is_set()
+
+
+def _speech_phase(model, decoder, hidden, speech: list[int], options, procs, gen, timings, start, interrupt=None):
+    """Sample speech codes until the closing boundary (or the interrupt); appends to ``speech``, yields chunks."""
     boundary = model.config.speech.boundary_id
     chunk: list[int] = []
     for _ in range(options.max_speech_tokens):
+        if _stopped(interrupt):
+            break
         logits = apply_speech_blocking(model.speech_head(hidden), speech, options, boundary)
         token = _pick(logits, speech, options, procs, gen)
         if token == boundary:
@@ -320,7 +332,7 @@ def _result(model, task, kind, text_ids, speech, timings) -> GenerationResult:
 
 def generate(model, audio=None, text: str | None = None, task: str | None = None,
              think: ThinkMode | str | None = None, options: GenerationOptions | None = None,
-             history: tuple = (), token2wav=None) -> GenerationResult:
+             history: tuple = (), token2wav=None, interrupt: threading.Event | None = None) -> GenerationResult:
     """Run one task end to end and return a :class:`GenerationResult`.
 
     ``audio``: a 16 kHz waveform (array/tensor) or a file path; ``text``: the instruction (understanding
@@ -328,9 +340,11 @@ def generate(model, audio=None, text: str | None = None, task: str | None = None
     reply for audio, text reply for text); ``think``: none | tag | language (default: the mode the
     model's checkpoint stores, :func:`resolve_think`); ``options``: decoding settings (default: the
     reference's for this task); ``token2wav``: turns the speech tokens into ``result.audio`` (default:
-    ``model.token2wav``, if any).
+    ``model.token2wav``, if any); ``interrupt``: a :class:`threading.Event` that another thread may set to stop
+    the generation after its current step (the reference's ``InterruptStopper``); the result then holds what
+    was produced so far and ``interrupted`` is True.
     """
-    for event in _events(model, audio, text, task, think, options, history):
+    for event in _events(model, audio, text, task, think, options, history, interrupt):
         if event.kind == "done":
             vocoder = token2wav if token2wav is not None else getattr(model, "token2wav", None)
             if vocoder is not None and event.result.speech_tokens:

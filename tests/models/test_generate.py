@@ -157,3 +157,31 @@ def test_the_stored_think_mode_is_the_default_and_another_one_is_warned_about(sm
         assert result.task == "<S2TCHAT> <TEXT2TOKEN> <THINK>"  # the same prompt: the checkpoint decides
     finally:
         smoke_model.config.think = ThinkMode.NONE
+
+
+def test_another_thread_stops_a_running_generate_and_gets_what_it_made_so_far(smoke_model):
+    """The reference's InterruptStopper: an event set from a second thread ends the generation after its
+    current step; the result holds the tokens made so far and says it was interrupted."""
+    import threading
+    import time
+
+    from echat.tokens import SpecialIds
+
+    im_end = SpecialIds.build(smoke_model.config, smoke_model.tokenizer).im_end
+    with torch.no_grad():
+        smoke_model.causal_lm.lm_head.weight[im_end] = 0.0  # the text would not end by itself
+    interrupt, results = threading.Event(), []
+    options = dataclasses.replace(GREEDY, max_new_tokens=1_000_000)
+    worker = threading.Thread(target=lambda: results.append(
+        generate(smoke_model, None, "hello", "<TEXT2TEXT>", "none", options, interrupt=interrupt)))
+    worker.start()
+    time.sleep(1.0)
+    assert worker.is_alive()
+    interrupt.set()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    result, = results
+    assert result.interrupted and 0 < len(result.text_ids) < 1_000_000
+    assert not generate(smoke_model, None, "hello", "<TEXT2TEXT>", "none", GREEDY).interrupted
+    stopped = list(stream(smoke_model, None, "hello", "<TEXT2TEXT>", "none", options, interrupt=interrupt))
+    assert [e.kind for e in stopped] == ["done"] and stopped[0].result.text_ids == []
