@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
 
     if args.recipe:
         finals = run_recipe(args.recipe, args.data, args.out, think=args.think, seed=args.seed,
-                            default_task=args.default_task)
+                            default_task=args.default_task, resume=args.resume)
         print("final checkpoints:\n  " + "\n  ".join(map(str, finals)))
         return 0
     if not args.stage:
@@ -202,7 +202,8 @@ def _add_train(sub) -> None:
     train.add_argument("--think", type=ThinkMode, default=ThinkMode.TAG, choices=list(ThinkMode),
                        help="think mode of the empathy stage, stored in its checkpoints (default tag)")
     train.add_argument("--lora", action="store_true", help="train LoRA adapters instead of the whole LLM")
-    train.add_argument("--resume", action="store_true", help="continue this run from its latest checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue this run from its latest "
+                       "checkpoint (with --recipe: skip finished stages, resume the unfinished one)")
     train.add_argument("--seed", type=int, default=None, help="training seed (weights, data order, dropout); "
                        "default: the preset's, or the --init checkpoint's")
     _default_task_argument(train)
@@ -247,9 +248,17 @@ def _add_layout(sub) -> None:
     layout.add_argument("--preset", default="osum-echat")
 
 
+def _check_out(args) -> None:
+    """Every ``--out`` names a folder: a file there is one clear line, not an errno from deep inside."""
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_out(args)
         return int(args.func(args) or 0)
     except (ValueError, OSError, KeyError, RuntimeError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -302,8 +303,14 @@ class EChatConfig:
             raise ValueError(f"{path}: not a valid echat config: {err}") from None
 
 
+# Integer fields that are sizes or counts of something that must exist: zero or less is an error (by path).
+_POSITIVE = re.compile(r"^(n_\w+|d_model|\w+_size|\w+_dim|max_position\w*|sample_rate_hz|n_fft_samples|hop_samples"
+                       r"|max_\w+_in_batch|max_seq_len|accum_steps|r|alpha)$")
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
-    """Rebuild dataclass ``cls`` from plain JSON data, rejecting unknown keys by their path."""
+    """Rebuild dataclass ``cls`` from plain JSON data, rejecting unknown keys and sizes that are not
+    positive by their path (``config.llm.hidden_size: must be a positive integer, got 0``)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -320,6 +327,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
             value = hint(value)
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
+        if hint is int and _POSITIVE.match(name) and not (type(value) is int and value > 0):
+            raise ValueError(f"{where}.{name}: must be a positive integer, got {value!r}")
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -54,3 +54,14 @@ def test_a_failing_command_is_one_line_and_exit_1(tmp_path):
     out = _run("eval", "--run", str(tmp_path / "missing"), "--data", str(tmp_path))
     assert out.returncode == 1
     assert out.stderr.strip() == f"echat: error: {tmp_path / 'missing'}: no such run or checkpoint folder"
+
+
+@pytest.mark.parametrize("command", [("data", "mini", "--size", "smoke"), ("train", "--recipe", "smoke", "--data", "D"),
+                                     ("demo", "--preset", "smoke")])
+def test_an_out_that_is_a_file_is_one_line_and_exit_1(tmp_path, command):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    out = _run(*command, "--out", str(taken))
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"echat: error: --out {taken}: is a file, not a folder"
+    assert taken.read_text() == "mine"

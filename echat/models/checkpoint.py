@@ -159,18 +159,27 @@ def latest_checkpoint(run: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
+def load_tensors(path: str | os.PathLike, **load_args):
+    """``torch.load`` of tensors and plain containers only (``weights_only``; no pickled code runs).
+    A damaged file, another format, or one holding other pickled objects is one :class:`CheckpointError`
+    naming the file; torch's own message (whose first line advises turning ``weights_only`` off) is not
+    passed on."""
+    try:
+        return torch.load(path, weights_only=True, **load_args)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not a tensor file echat can read (damaged, another format, or pickled "
+                              "objects other than tensors, which echat never runs)") from None
+    except Exception as err:  # torch raises many types (RuntimeError, EOFError, KeyError...) on junk bytes
+        raise CheckpointError(f"{path}: not a readable PyTorch file (truncated or another format: "
+                              f"{type(err).__name__})") from None
+
+
 def read_reference_file(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """The state dict of a released ``.pt`` (or DeepSpeed ``mp_rank_00_model_states.pt``), safely."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused to unpickle non-tensor content ({str(err).splitlines()[0]})") from None
-    except Exception as err:  # torch raises many types (RuntimeError, EOFError, KeyError...) on junk bytes
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
-                              f"{str(err).splitlines()[0]}") from None
+    state = load_tensors(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
     if isinstance(state, Mapping) and isinstance(state.get("module"), Mapping):
         state = state["module"]  # DeepSpeed's model-states file
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

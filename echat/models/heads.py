@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echat.models.adapter import ctc_path
+from echat.models.checkpoint import load_tensors
 from echat.models.encoder import mean_frame
 from echat.tokens import CUE_FIELDS, IGNORE_INDEX, LABEL_SETS
 
@@ -70,7 +71,7 @@ class BridgeHeads(nn.Module):
 
 def load_heads(checkpoint: str | Path, config) -> BridgeHeads:
     """The bridge heads saved in a trainer checkpoint (``ckpt/step_N/trainer_state.pt``)."""
-    state = torch.load(Path(checkpoint) / "trainer_state.pt", weights_only=True)
+    state = load_tensors(Path(checkpoint) / "trainer_state.pt")
     if "bridge" not in state:
         raise ValueError(f"{checkpoint}: this checkpoint's stage trained no bridge heads")
     heads = BridgeHeads(config.encoder.d_model, config.llm.hidden_size)

@@ -12,7 +12,7 @@ from echat.config import ThinkMode
 from echat.data.pipeline import check_corpus, load_split
 from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR
 from echat.eval.whisper_ct2 import whisper_base_encoder_state
-from echat.models.checkpoint import FINAL, resolve_checkpoint
+from echat.models.checkpoint import CHECKPOINTS, FINAL, LATEST, resolve_checkpoint
 from echat.models.echat import EChat
 from echat.models.encoder import EncoderCache, load_whisper_encoder
 from echat.models.lora import add_lora, uses_lora
@@ -89,16 +89,18 @@ def keep_speech_tokenizer(corpus: Path, checkpoint: Path) -> None:
 
 
 def run_recipe(name: str, corpus: str | Path, out: str | Path, think: ThinkMode | str = ThinkMode.TAG,
-               progress: bool = True, seed: int | None = None, **trainer_args) -> list[Path]:
+               progress: bool = True, seed: int | None = None, resume: bool = False, **trainer_args) -> list[Path]:
     """Stages 0 -> 3 in order, each starting from the previous stage's final checkpoint.
-    A stage whose ``final`` checkpoint already exists is not trained again."""
+    A stage whose ``final`` checkpoint already exists is not trained again; with ``resume`` an unfinished
+    stage continues from its latest checkpoint (exactly, see :meth:`Trainer.resume`)."""
     check_corpus(corpus)
     out, finals, init = Path(out), [], None
     for index, stage in enumerate(recipe(name, think)):
         folder = out / f"{index}_{stage.name}"
         if not (folder / FINAL / "model.safetensors").exists():
+            started = resume and (folder / CHECKPOINTS / LATEST).exists()
             train_stage(stage, corpus, folder, RECIPE_PRESET[name], init=init, progress=progress, seed=seed,
-                        **trainer_args)
+                        resume=started, **trainer_args)
         init = folder / FINAL
         finals.append(init)
     return finals

@@ -40,7 +40,7 @@ from echat.config import GenerationOptions
 from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.hearing import distinct_clips, first_token_accuracy
 from echat.eval.probe import probe
-from echat.models.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint, save_checkpoint
+from echat.models.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint, load_tensors, save_checkpoint
 from echat.models.encoder import EncoderCache
 from echat.models.generate import generate
 from echat.train.bridge import (
@@ -383,7 +383,7 @@ class Trainer:
         """Continue from ``checkpoint`` (default: this run's ``latest``): weights, optimizer, scheduler,
         data position and RNG states."""
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.out)
-        state = torch.load(path / "trainer_state.pt", weights_only=True)
+        state = load_tensors(path / "trainer_state.pt")
         if state["preset"] != self.config.name or state["recipe"] != self.recipe.name:
             raise TrainingError(f"{path} was written by stage {state['recipe']} of preset {state['preset']}, "
                                 f"not stage {self.recipe.name} of {self.config.name}")
@@ -394,6 +394,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(state["step"], state["epoch"], state["phase"], state["batch_in_epoch"],
                                 state["history"])
+        if self.acc.is_main_process:  # the steps logged after the checkpoint are run again: log them once
+            lines = "".join(json.dumps(record) + "\n" for record in self.state.history)
+            (self.out / "metrics.jsonl").write_text(lines, encoding="utf-8")
         random.setstate(state["python_rng"])
         name, keys, *rest = state["numpy_rng"]
         np.random.set_state((name, keys.numpy(), *rest))

@@ -1,5 +1,6 @@
 """Our checkpoints and the reference format: round trips, the golden layout, and every bad file."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -117,8 +118,9 @@ def test_truncated_and_non_checkpoint_files_are_clear_errors(smoke_model, tmp_pa
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     (tmp_path / "text.pt").write_text("hello, I am not a checkpoint")
     for bad in ("cut.pt", "text.pt", "absent.pt"):
-        with pytest.raises(CheckpointError, match=bad):
+        with pytest.raises(CheckpointError, match=bad) as caught:
             EChat.from_reference_checkpoint(tmp_path / bad, tokenizer=smoke_model.tokenizer, config=preset("smoke"))
+        assert "weights_only" not in str(caught.value) and len(str(caught.value).splitlines()) == 1
     with pytest.raises(CheckpointError, match="not an echat checkpoint"):
         EChat.from_checkpoint(tmp_path)
 
@@ -134,6 +136,17 @@ class _Evil:
 def test_no_pickle_code_runs_from_an_untrusted_file(tmp_path, smoke_model):
     marker = tmp_path / "pwned"
     torch.save({"encoder.x": _Evil(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="evil.pt"):
+    with pytest.raises(CheckpointError, match="evil.pt") as caught:
         EChat.from_reference_checkpoint(tmp_path / "evil.pt", tokenizer=smoke_model.tokenizer, config=preset("smoke"))
-    assert not marker.exists()
+    assert not marker.exists() and "weights_only" not in str(caught.value)
+
+
+def test_a_config_with_a_size_that_is_not_positive_names_the_field(tmp_path):
+    from echat.config import EChatConfig
+
+    for field, value in (("hidden_size", 0), ("n_heads", -2)):
+        data = preset("smoke").to_dict()
+        data["llm"][field] = value
+        (tmp_path / "config.json").write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=rf"config\.llm\.{field}: must be a positive integer, got {value}"):
+            EChatConfig.load(tmp_path / "config.json")

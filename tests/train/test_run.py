@@ -126,3 +126,32 @@ def test_a_run_refuses_a_missing_corpus_and_a_checkpoint_of_another_preset(smoke
     first = train_stage(text, smoke_corpus, tmp_path / "run", "smoke", progress=False)
     with pytest.raises(TrainingError, match="holds a smoke model, not mini"):
         train_stage(text, smoke_corpus, tmp_path / "again", "mini", init=first, progress=False)
+
+
+def test_a_killed_recipe_resumes_its_unfinished_stage_and_logs_each_step_once(smoke_corpus, tmp_path, monkeypatch):
+    """``echat train --recipe … --resume``: finished stages are kept, the unfinished one continues from its
+    latest checkpoint, and the steps it had logged after that checkpoint are logged once, not twice."""
+    from echat.train.run import run_recipe
+    from echat.train.trainer import Trainer
+
+    after_step = Trainer._after_step
+
+    class Killed(BaseException):
+        """A kill the trainer cannot catch (Ctrl-C would save a checkpoint at the step it stops at)."""
+
+    def killed_at_step_3_of_stage_1(self):
+        after_step(self)
+        if self.recipe.name == "understanding" and self.state.step == 3:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "_after_step", killed_at_step_3_of_stage_1)
+    with pytest.raises(Killed):
+        run_recipe("smoke", smoke_corpus, tmp_path, progress=False, save_every=2)
+    monkeypatch.undo()
+    stage_0 = (tmp_path / "0_text" / "final" / "model.safetensors").stat().st_mtime_ns
+    run_recipe("smoke", smoke_corpus, tmp_path, progress=False, save_every=2, resume=True)
+    assert (tmp_path / "0_text" / "final" / "model.safetensors").stat().st_mtime_ns == stage_0
+    logged = [json.loads(line) for line in (tmp_path / "1_understanding" / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in logged if "loss" in record]
+    assert steps == list(range(1, stage("smoke", "understanding").max_steps + 1))
+    assert (tmp_path / "3_empathy" / "final" / "model.safetensors").exists()

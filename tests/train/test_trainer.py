@@ -170,3 +170,15 @@ def test_tagged_dictation_writes_tags_into_asr_transcripts_only(smoke_corpus, tm
     assert tagged and all(trainer.audio[k].record.task == "<TRANSCRIBE>" for k in tagged)
     assert all(k.endswith(TAGGED) for k in drawn if trainer.audio.get(k) and
                trainer.audio[k].record.task == "<TRANSCRIBE>" and trainer.audio[k].record.wav)
+
+
+def test_resuming_from_a_damaged_trainer_state_is_one_line_without_torchs_advice(smoke_corpus, tmp_path):
+    from echat.models.checkpoint import CheckpointError
+
+    trainer = _trainer(smoke_corpus, tmp_path, steps=2, save_every=1)
+    trainer.fit()
+    state = latest_checkpoint(tmp_path) / "trainer_state.pt"
+    state.write_bytes(b"not a trainer state")
+    with pytest.raises(CheckpointError, match="trainer_state.pt: not a") as caught:
+        _trainer(smoke_corpus, tmp_path, steps=2).resume()
+    assert "weights_only" not in str(caught.value)
