@@ -16,7 +16,7 @@ import math
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -159,27 +159,33 @@ def _usable_seconds(frames: int, rate: int, span: tuple[float | None, float | No
     return seconds
 
 
-def _audio_sources(record: Record, members: dict[str, bytes] | None,
-                   base_dir: PathType | None) -> list[tuple[Callable[[], Path | io.BytesIO], str]]:
-    """``(source opener, shown name)`` of the main audio (first, if any) and each history turn's audio;
-    an opener raises :class:`AudioNotFoundError` naming every path tried when a file is in none of its places."""
+def _audio_names(record: Record, members: dict[str, bytes] | None) -> list[str]:
+    """The main audio (first, if any) and each history turn's audio of ``record``: member suffixes for a
+    shard sample, else the paths as the manifest writes them."""
     if members is not None:  # shard sample: audio is in the tar
         turns = [f"wav_{number}" for number in range(1, len(record.history) + 1)]
-        suffixes = (["wav"] if "wav" in members else []) + turns
-        return [(lambda s=suffix: io.BytesIO(members[s]), f"member {record.key}.{suffix}") for suffix in suffixes]
-    wavs = ([record.wav] if record.wav is not None else []) + [turn["wav"] for turn in record.history]
-    return [(lambda w=wav: record.locate(w, base_dir), wav) for wav in wavs]
+        return (["wav"] if "wav" in members else []) + turns
+    return ([record.wav] if record.wav is not None else []) + [turn["wav"] for turn in record.history]
+
+
+def _open(record: Record, members: dict[str, bytes] | None, name: str,
+          base_dir: PathType | None) -> tuple[Path | io.BytesIO, str]:
+    """``(source, shown name)`` of one audio of ``record``; raises :class:`AudioNotFoundError` naming every
+    path tried when a file is in none of its places."""
+    if members is not None:
+        return io.BytesIO(members[name]), f"member {record.key}.{name}"
+    path = record.locate(name, base_dir)
+    return path, str(path)
 
 
 def _check_audio(report: CheckReport, record: Record, members: dict[str, bytes] | None,
                  limits: AudioLimits, base_dir: PathType | None = None) -> None:
     """Probe every audio of ``record``: one Problem per bad file; the main audio's duration is summed."""
-    for number, (open_source, shown) in enumerate(_audio_sources(record, members, base_dir)):
+    for number, name in enumerate(_audio_names(record, members)):
         is_main = number == 0 and record.wav is not None
         span = (record.start, record.end) if is_main else (None, None)
         try:
-            source = open_source()
-            shown = str(source) if isinstance(source, Path) else shown
+            source, shown = _open(record, members, name, base_dir)
             seconds = _usable_seconds(*_probe(source, shown), span, shown, limits)
         except (ValueError, AudioNotFoundError) as err:
             report.problems.append(Problem(record.source, record.line, record.key, str(err)))
