@@ -241,15 +241,15 @@ class ListEntry:
     source: str = ""  # the list file that names it
 
 
-def _read_list(list_path: PathType) -> list[tuple[int, str]]:
-    """``(line, text)`` of every non-blank line; raises :class:`ShardError` when unreadable."""
+def _read_list(list_path: PathType, what: str = "shard list") -> list[tuple[int, str]]:
+    """``(line, text)`` of every non-blank line; raises :class:`ShardError` (naming ``what``) when unreadable."""
     source = str(list_path)
     try:
         text = Path(list_path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ShardError([Problem(source, 0, UNKNOWN_KEY, "shard list not found")]) from None
+        raise ShardError([Problem(source, 0, UNKNOWN_KEY, f"{what} not found")]) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ShardError([Problem(source, 0, UNKNOWN_KEY, f"cannot read shard list: {err}")]) from None
+        raise ShardError([Problem(source, 0, UNKNOWN_KEY, f"cannot read {what}: {err}")]) from None
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
@@ -400,7 +400,12 @@ def _group_record(tar: Path, first: int, prefix: str, members: Members,
 def _combine_metadata(jsonl: Path, problems: list[Problem] | None) -> dict[str, dict]:
     """Key -> JSON object of a combine entry's JSONL; bad lines and duplicate keys are problems."""
     found: dict[str, dict] = {}
-    for number, line in _read_list(jsonl):
+    try:
+        lines = _read_list(jsonl, "combine JSONL")
+    except ShardError as err:
+        _fail(problems, *err.problems)
+        return found
+    for number, line in lines:
         try:
             obj = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as err:
