@@ -131,7 +131,7 @@ def _lr(**scales: float) -> tuple[tuple[str, float], ...]:
 # Why: every 250 steps they took 94 s of a whole mini run's 20 min 21 s (32 s in stage 0, 32 s in stage 1, 13 s
 # in stage 2, 17 s in stage 3: docs/hearing.md §17). Steps, not scaled by the recipe: the smoke recipe's
 # stages are too short to be evaluated on the way, as before.
-_EVAL_EVERY = {"text": 650, "understanding": 500, "generation": 375, "empathy": 600}
+_EVAL_EVERY = {"text": 650, "understanding": 500, "generation": 375, "empathy": 700}
 
 
 def _stages(scale: float, think: ThinkMode) -> tuple[StageRecipe, ...]:
@@ -182,13 +182,13 @@ def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
                                    Phase((("s2s", 2.0), ("s2t", 1.0), ("tts", 1.0), ("t2t", 0.5),
                                           ("s2s_history", 0.3), *rehearsal(1.5)), steps(300))),
                     _SPEECH_AND_LLM, lr=1e-3),
-        # Stage 3 at 1,200 steps: every 300 more has helped the think and the reply emotion on both seeds
-        # (docs/hearing.md §15-§16, E90, E93, E100); at 900 with the adapter kept the think parsed on
-        # 0.83-0.93 and the reply emotion was 0.78-0.88, at 1,200 0.88-0.98 and 0.85-0.93 (in one whole-recipe
-        # run 0.90-0.93 and 0.83-0.88). Its learning rate was measured both ways on seed 0: at 1e-3 the think
+        # Stage 3 at 1,400 steps: every 200-300 more has helped the think and the reply emotion on both seeds
+        # (docs/hearing.md §15-§18, E90, E93, E100, E110); at 900 with the adapter kept the think parsed on
+        # 0.83-0.93 and the reply emotion was 0.78-0.88, at 1,200 0.90-0.98 and 0.83-0.93, at 1,400
+        # 0.90-1.00 and 0.85-0.98 (E110, from the same stage-2 checkpoints). Its learning rate was measured both ways on seed 0: at 1e-3 the think
         # parsed on 0.18-0.30, with the rate falling to zero (cosine) on 0.75-0.80 (E97, E98).
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
-                                      steps(1200)),),
+                                      steps(1400)),),
                     _SPEECH_AND_LLM,
                     lr=5e-4, think=think),
     )
