@@ -18,7 +18,7 @@ from echat.config import ThinkMode
 
 EXAMPLES = {
     "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
-    "data check": "echat data check data/train.jsonl\n  echat data check shards/shards_list.txt",
+    "data check": "echat data check data/fixtures/sample.jsonl\n  echat data check shards/shards_list.txt",
     "layout": "echat layout --preset osum-echat > layout.tsv",
     "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag",
     "demo": "echat demo --preset mini --out runs/demo\n"
@@ -26,6 +26,14 @@ EXAMPLES = {
     "train": "echat train --recipe mini --data ~/.cache/echat/echat-mini --out runs/mini\n"
              "  echat train --stage understanding --preset mini --data DIR --init runs/mini/0_text --out runs/u1",
 }
+
+
+# README's first run by hand, shown by ``echat --help`` (tests/test_readme_examples.py runs README's copy).
+QUICK_START = (
+    "echat data mini --size smoke --out runs/quick/echat-mini --seed 0",
+    "echat train --recipe smoke --data runs/quick/echat-mini --out runs/quick --seed 0",
+    "echat eval --run runs/quick/3_empathy --data runs/quick/echat-mini --stages empathy --think tag --limit 2",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,7 +165,10 @@ def _default_task_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="echat", description="OSUM-EChat research workbench.")
+    parser = _Parser(prog="echat", description="OSUM-EChat research workbench.",
+                     epilog="a first run, in about a minute (--size mini and --recipe mini for the real thing):\n  "
+                            + "\n  ".join(QUICK_START),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout):
         add(sub)

@@ -185,8 +185,9 @@ def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
         # Stage 3 at 1,400 steps: every 200-300 more has helped the think and the reply emotion on both seeds
         # (docs/hearing.md §15-§18, E90, E93, E100, E110); at 900 with the adapter kept the think parsed on
         # 0.83-0.93 and the reply emotion was 0.78-0.88, at 1,200 0.90-0.98 and 0.83-0.93, at 1,400
-        # 0.90-1.00 and 0.85-0.98 (E110, from the same stage-2 checkpoints). Its learning rate was measured both ways on seed 0: at 1e-3 the think
-        # parsed on 0.18-0.30, with the rate falling to zero (cosine) on 0.75-0.80 (E97, E98).
+        # 0.90-1.00 and 0.85-0.98 (E110, from the same stage-2 checkpoints). Its learning rate was measured
+        # both ways on seed 0: at 1e-3 the think parsed on 0.18-0.30, with the rate falling to zero (cosine) on
+        # 0.75-0.80 (E97, E98).
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
                                       steps(1400)),),
                     _SPEECH_AND_LLM,

@@ -133,6 +133,23 @@ def test_dev_evaluation_reports_the_stage_tasks_and_decodes(smoke_corpus, tmp_pa
     assert set(dev[0]["dev_loss"]) == expected
 
 
+def test_the_dev_loss_reads_the_first_records_of_each_family(smoke_corpus, tmp_path, monkeypatch):
+    import echat.train.trainer as trainer_module
+
+    model = _model("smoke", smoke_corpus, None)
+    dev = load_split(smoke_corpus, "dev", model.config)
+    recipe = stage("smoke", "understanding", max_steps=2)
+    families = {f for p in recipe.phases for f, _ in p.mix}
+    pool = trainer_module.RecordPool.from_records([s.record for s in dev])
+    assert all(len(pool.by_family[f]) > 1 for f in families)
+    monkeypatch.setattr(trainer_module, "DEV_LOSS_RECORDS", 1)
+    trainer = Trainer(model, recipe, load_split(smoke_corpus, "train", model.config), tmp_path, dev=dev, eval_every=2,
+                      progress=False)
+    trainer.fit()
+    evaluated = [h for h in trainer.state.history if "dev_loss" in h]
+    assert [h["dev_records"] for h in evaluated] == [len(families)]
+
+
 def test_a_spread_tags_phase_sets_the_tag_rows_apart_once_at_its_start(smoke_corpus, tmp_path, monkeypatch):
     import dataclasses
 
