@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, the real Qwen2.5 tokenizer (built once), a mini tokenizer, fixture data."""
+"""Shared fixtures: offline hub, the real Qwen2.5 tokenizer (built once), a mini tokenizer, fixture data, the
+reference's fake data layouts."""
 
 import os
 from pathlib import Path
@@ -58,3 +59,16 @@ def tokenizer(waves):
     from echat.data.speech_tokens import MiniSpeechTokenizer
 
     return MiniSpeechTokenizer().fit(waves, codebook_size=preset("smoke").speech.codebook_size, seed=0)
+
+
+@pytest.fixture
+def reference_root(tmp_path, monkeypatch) -> Path:
+    """A reference checkout's data layouts (raw, shard, combine: tests/data/reference.py); the working
+    directory is its root, as its scripts expect."""
+    from .data.reference import raw_records, write_raw, write_shard_and_combine
+
+    root = tmp_path / "OSUM-EChat"
+    write_raw(root, raw_records(4))
+    monkeypatch.chdir(root)
+    write_shard_and_combine(root)
+    return root

@@ -509,6 +509,25 @@ def iter_shards(
     :class:`ShardError` naming the list, tar or member.
     """
     samples = iter_shard_records(list_path, problems, codebook_size=codebook_size, default_task=default_task)
+    yield from _decoded(samples, problems, sample_rate)
+
+
+def iter_entry_samples(
+    entries: Iterable[ListEntry],
+    problems: list[Problem] | None = None,
+    *,
+    codebook_size: int | None = None,
+    sample_rate: int = SAMPLE_RATE_HZ,
+    default_task: str | None = None,
+) -> Iterator[ShardSample]:
+    """Like :func:`iter_shards`, for list entries already read (e.g. a weighted data mix's)."""
+    samples = iter_entry_records(entries, problems, codebook_size=codebook_size, default_task=default_task)
+    yield from _decoded(samples, problems, sample_rate)
+
+
+def _decoded(samples: Iterable[tuple[Record, Members]], problems: list[Problem] | None,
+             sample_rate: int) -> Iterator[ShardSample]:
+    """Each ``(record, members)`` with its audio members decoded; a corrupt one is a problem."""
     for record, members in samples:
         try:
             audio = _decode_member(record, members, "wav", sample_rate) if "wav" in members else None

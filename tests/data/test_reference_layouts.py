@@ -1,10 +1,10 @@
 """The reference's three data layouts (raw list, shard tars, combine lists; reference §6.1-§6.3), built as its
-fake data lays them out (after its documented path fixes) and read from its repository's root."""
+fake data lays them out (after its documented path fixes; the ``reference_root`` fixture, tests/conftest.py)
+and read from its repository's root."""
 
 import dataclasses
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -13,37 +13,7 @@ from echat.data.mixes import read_data_yaml
 from echat.data.schema import read_manifest
 from echat.data.shards import SHARD_LIST, ShardError, iter_shards, write_shards
 
-from . import write_tone
-
-THINK_TASK = "<S2TCHAT> <TEXT2TOKEN> <THINK>"
-FAKE = Path("common_utils") / "fake_data"
-
-
-def _raw_records(n: int) -> list[dict]:
-    extra = {"dataset": "fake", "age": "<ADULT>", "gender": "<FEMALE>", "think_str": "a calm adult woman",
-             "question": "how do I join?", "speech_token": [2164, 3, 1446, 4082, 1446]}
-    return [{"key": f"fake_{i}", "txt": "you can join like this", "wav": f"./{FAKE}/raw/wav/random.wav",
-             "extra": extra, "tar_path_key": "sex_000000298", "task": THINK_TASK} for i in range(1, n + 1)]
-
-
-@pytest.fixture
-def reference_root(tmp_path, monkeypatch) -> Path:
-    """A reference checkout's data layouts; the working directory is its root, as its scripts expect."""
-    root = tmp_path / "OSUM-EChat"
-    write_tone(root / FAKE / "raw" / "wav" / "random.wav", 1.0)
-    raw = root / FAKE / "raw" / "data.list"
-    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _raw_records(4)), encoding="utf-8")
-    monkeypatch.chdir(root)
-    write_shards(read_manifest(raw), root / FAKE / "shard")
-    (root / FAKE / "shard" / SHARD_LIST).write_text(f"./{FAKE}/shard/shards_000000000.tar\n")
-    combine = root / FAKE / "combine"
-    combine.mkdir()
-    entries = [{"key": r["key"], "txt": r["txt"], "tas_tag": r["task"],  # the reference sample's misspelling
-                "extra": {**r["extra"], "q_txt": r["extra"]["question"]}} for r in _raw_records(4)]
-    (combine / "shards_000000000.list").write_text("".join(json.dumps(e) + "\n" for e in entries))
-    (combine / "combines_list.txt").write_text(f"./{FAKE}/combine/shards_000000000.list\n")
-    (combine / "combines_tar_root.txt").write_text(f"./{FAKE}/shard\n")
-    return root
+from .reference import FAKE, THINK_TASK
 
 
 def test_the_raw_and_shard_layouts_pass_the_check_from_the_reference_root(reference_root):
