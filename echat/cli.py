@@ -24,7 +24,9 @@ EXAMPLES = {
     "demo": "echat demo --preset mini --out runs/demo\n"
             "  echat demo --preset smoke --out runs/demo-smoke --limit 1 --only 04 05",
     "train": "echat train --recipe mini --data ~/.cache/echat/echat-mini --out runs/mini\n"
-             "  echat train --stage understanding --preset mini --data DIR --init runs/mini/0_text --out runs/u1",
+             "  echat train --stage understanding --preset mini --data DIR --init runs/mini/0_text --out runs/u1\n"
+             "  echat train --stage empathy --preset smoke --data common_utils/fake_data/raw/data.list "
+             "--max-steps 3 --out runs/ref",
 }
 
 
@@ -73,7 +75,7 @@ def cmd_data_mini(args) -> int:
 
 def cmd_train(args) -> int:
     from echat.train.recipes import stage
-    from echat.train.run import RECIPE_PRESET, run_recipe, train_stage
+    from echat.train.run import RECIPE_PRESET, ManifestOptions, run_recipe, train_stage
 
     if args.recipe:
         finals = run_recipe(args.recipe, args.data, args.out, think=args.think, seed=args.seed,
@@ -87,8 +89,9 @@ def cmd_train(args) -> int:
     if args.lora:
         chosen = dataclasses.replace(chosen, lora=True)
     preset = args.preset or RECIPE_PRESET["mini"]
+    manifest = ManifestOptions(dev=args.dev, tokenizer=args.tokenizer, base_dir=args.base)
     final = train_stage(chosen, args.data, args.out, preset, init=args.init, resume=args.resume, seed=args.seed,
-                        default_task=args.default_task)
+                        default_task=args.default_task, manifest=manifest)
     print(f"final checkpoint: {final}")
     return 0
 
@@ -200,13 +203,23 @@ def _add_data(sub) -> None:
 
 def _add_train(sub) -> None:
     train = _parser(sub, "train", "train one stage, or a whole recipe (stages 0 text, 1 understanding, "
-                    "2 generation, 3 empathy), on an EChat-mini-style corpus folder", cmd_train)
+                    "2 generation, 3 empathy), on an EChat-mini-style corpus folder; one stage also on a "
+                    "manifest in the reference's formats", cmd_train)
     train.add_argument("--recipe", choices=["smoke", "mini"], help="run every stage of this recipe in order")
     train.add_argument("--stage", choices=["text", "understanding", "generation", "empathy"])
     train.add_argument("--recipe-of-stage", choices=["smoke", "mini"], help="whose stage lengths to use "
                        "(default: smoke for the smoke preset, else mini)")
     train.add_argument("--preset", default=None, help="model preset of a single stage (default mini)")
-    train.add_argument("--data", required=True, help="corpus folder (train.jsonl, dev.jsonl, tokenizers)")
+    train.add_argument("--data", required=True, help="corpus folder (train.jsonl, dev.jsonl, tokenizers), or "
+                       "with --stage a manifest `echat data check` reads (raw .jsonl/.list, shards_list.txt, "
+                       "combine list, combines_list.txt, data-list .yaml)")
+    train.add_argument("--dev", default=None, metavar="MANIFEST", help="manifest of dev data watched during a "
+                       "stage trained from a manifest (default: none)")
+    train.add_argument("--tokenizer", default=None, metavar="DIR", help="text tokenizer folder of a fresh model "
+                       "trained from a manifest (default: Qwen2.5 for osum-echat, else a mini BPE trained on the "
+                       "manifest's text)")
+    train.add_argument("--base", default=None, metavar="DIR", help="folder that a manifest's relative audio "
+                       "paths start from (default: the working directory, then the manifest's folder)")
     train.add_argument("--init", default=None, help="run folder or checkpoint to start from")
     train.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png)")
     train.add_argument("--max-steps", type=int, default=None)
@@ -215,7 +228,8 @@ def _add_train(sub) -> None:
     train.add_argument("--lora", action="store_true", help="train LoRA adapters instead of the whole LLM")
     train.add_argument("--resume", action="store_true", help="continue this run from its latest "
                        "checkpoint (with --recipe: skip finished stages, resume the unfinished one)")
-    train.add_argument("--seed", type=int, default=None, help="training seed (weights, data order, dropout); "
+    train.add_argument("--seed", type=int, default=None, help="training seed (weights, data order, dropout, a "
+                       "data-list yaml's mix); "
                        "default: the preset's, or the --init checkpoint's")
     _default_task_argument(train)
 

@@ -160,6 +160,9 @@ def load_split(corpus: str | Path, split: str, config, default_task: str | None 
 def check_corpus(corpus: str | Path) -> Path:
     """A corpus folder with the files training reads, or one clear error."""
     corpus = Path(corpus)
+    if corpus.is_file():
+        raise FileNotFoundError(f"{corpus}: a file, not a corpus folder (a recipe trains on an EChat-mini corpus; "
+                                "train one stage from a manifest with --stage)")
     if not corpus.is_dir():
         raise FileNotFoundError(f"{corpus}: no such data folder (build one with `echat data mini --out {corpus}`)")
     for name in ("train.jsonl", "dev.jsonl", "text_tokenizer"):
