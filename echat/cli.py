@@ -134,7 +134,7 @@ def cmd_eval(args) -> int:
         if not args.stages:
             return 0
     report = evaluate(load_model(checkpoint, args.device), args.data, split=args.split, stages=args.stages,
-                      limit=args.limit, think=args.think)
+                      limit=args.limit, think=args.think, batch_size=args.batch_size)
     report["checkpoint"] = str(checkpoint)
     print(render(report))
     written = save_report(report, args.out or Path(args.run) / "eval")
@@ -252,6 +252,8 @@ def _add_eval(sub) -> None:
                                  "--limit clips per set, default 32; ladder: which link fails — the same ASR "
                                  "figures from a per-clip learned lookup, from exact dictation frames and from "
                                  "the audio, on --limit training clips)")
+    evaluation.add_argument("--batch-size", type=int, default=8, metavar="N",
+                            help="generation requests decoded together (default 8; the figures do not depend on it)")
     evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
     evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
 

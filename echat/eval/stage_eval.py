@@ -67,10 +67,10 @@ from echat.eval.metrics import (
     wer,
 )
 from echat.eval.whisper_ct2 import whisper_base_files
+from echat.models.batch_generate import GenerationRequest, generate_batch
 from echat.models.checkpoint import resolve_checkpoint
 from echat.models.echat import EChat
 from echat.models.encoder import EncoderCache
-from echat.models.generate import generate
 from echat.prompts import Cues, default_options, parse_tag_think, split_reply_tag, think_body
 from echat.text_tokenizer import load_tokenizer
 from echat.token2wav.mini import MiniToken2Wav
@@ -93,6 +93,7 @@ UNDERSTANDING_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=64)
 EMPATHY_OPTIONS = GenerationOptions(do_sample=False, max_new_tokens=256, max_speech_tokens=0)
 TTS_SEED = 0
 WHISPER_MAX_TOKENS = 750  # 30 s at 25 tokens/s
+BATCH_SIZE = 8  # generation requests decoded together (generate_batch): the figures are those of one at a time
 DIALOGUE_KINDS = (OutputType.S2T_CHAT, OutputType.S2T_THINK, OutputType.S2T_CHAT_FAKE, OutputType.S2S,
                   OutputType.S2S_THINK)
 PROTOCOL = {
@@ -172,7 +173,8 @@ def _cap(items: list, limit: int | None) -> list:
 class StageContext:
     """What every stage of one evaluation needs: the model, the think mode, the per-subset item
     limit, the reply-emotion classifier, the token2wav (or the reason the generation stage is
-    skipped), the device Whisper runs on and whether to show progress bars."""
+    skipped), the device Whisper runs on, whether to show progress bars and how many generation
+    requests are decoded together."""
 
     model: Any
     think: ThinkMode
@@ -182,10 +184,22 @@ class StageContext:
     skip_reason: str | None
     device: str
     progress: bool
+    batch_size: int = BATCH_SIZE
 
     @property
     def prompt_set(self) -> str:
         return self.model.config.text.prompt_set
+
+
+def _generate_all(ctx: StageContext, requests: list[GenerationRequest], desc: str, unit: str,
+                  token2wav=None) -> list:
+    """The results of ``requests`` in order, :attr:`StageContext.batch_size` at a time, with a progress bar."""
+    results = []
+    with tqdm(total=len(requests), desc=desc, unit=unit, disable=not ctx.progress) as bar:
+        for at in range(0, len(requests), ctx.batch_size):
+            results += generate_batch(ctx.model, requests[at:at + ctx.batch_size], token2wav=token2wav)
+            bar.update(len(results) - bar.n)
+    return results
 
 
 def _label_scores(refs: list[str], hyps: list[str], label_set: Sequence[str]) -> dict:
@@ -207,14 +221,15 @@ def run_understanding(ctx: StageContext, clips: list[Record], desc: str) -> dict
     refs: dict[str, list[str]] = {field: [] for field in LABEL_SETS}
     hyps: dict[str, list[str]] = {field: [] for field in LABEL_SETS}
     asr_refs, asr_hyps, examples = [], [], []
-    for record in tqdm(clips, desc=desc, unit="clip", disable=not ctx.progress):
-        wave = load_audio(record.audio_path())
-        raw = generate(ctx.model, wave, task=TRANSCRIBE, options=UNDERSTANDING_OPTIONS).raw_text
+    tasks = (TRANSCRIBE, *ONLY_P_TASKS)
+    requests = [GenerationRequest(wave, task=task, options=UNDERSTANDING_OPTIONS)
+                for wave in (load_audio(record.audio_path()) for record in clips) for task in tasks]
+    raws = iter(result.raw_text for result in _generate_all(ctx, requests, desc, "call"))
+    for record in clips:
+        outputs = {task: next(raws) for task in tasks}
         asr_refs.append(record.extra["q_txt"])
-        asr_hyps.append(split_asr_output(raw)[0])
-        outputs = {TRANSCRIBE: raw}
+        asr_hyps.append(split_asr_output(outputs[TRANSCRIBE])[0])
         for task, fields in ONLY_P_TASKS.items():
-            outputs[task] = generate(ctx.model, wave, task=task, options=UNDERSTANDING_OPTIONS).raw_text
             for field in fields:
                 refs[field].append(canonical_label(field, record.extra[CUE_FIELDS[field]]))
                 hyps[field].append(pick_label(parse_tags(outputs[task]), field) or NONE_LABEL)
@@ -230,6 +245,12 @@ def speech_token_cap(text: str) -> int:
     return min(WHISPER_MAX_TOKENS, 50 + 20 * len(text.split()))
 
 
+def tts_options(text: str) -> GenerationOptions:
+    """How the generation stage speaks ``text``: the reference's TTS sampling seeded with :data:`TTS_SEED`, at
+    most :func:`speech_token_cap` tokens."""
+    return replace(default_options(OutputType.TTS), seed=TTS_SEED, max_speech_tokens=speech_token_cap(text))
+
+
 def _skipped_generation(items: int, reason: str) -> dict:
     return {"items": items, "skipped": reason, "wer_model": None, "wer_ground_truth": None,
             "wer_ratio": None, "within_2x": None}
@@ -239,13 +260,10 @@ def run_generation(ctx: StageContext, records: list[Record], desc: str) -> dict:
     """TTS round-trip WER of the model's speech tokens and of the ground-truth tokens."""
     if ctx.skip_reason or not records:
         return _skipped_generation(len(records), ctx.skip_reason or "no TTS records in this subset")
-    spoken, waves = [], []
-    for record in tqdm(records, desc=desc, unit="utt", disable=not ctx.progress):
-        options = replace(default_options(OutputType.TTS), seed=TTS_SEED,
-                          max_speech_tokens=speech_token_cap(record.txt))
-        result = generate(ctx.model, text=record.txt, task=TEXT2TOKEN, options=options, token2wav=ctx.token2wav)
-        spoken.append(result.speech_tokens)
-        waves.append(result.audio if result.audio is not None else ctx.token2wav(result.speech_tokens))
+    requests = [GenerationRequest(text=r.txt, task=TEXT2TOKEN, options=tts_options(r.txt)) for r in records]
+    results = _generate_all(ctx, requests, desc, "utt", token2wav=ctx.token2wav)
+    spoken = [result.speech_tokens for result in results]
+    waves = [result.audio if result.audio is not None else ctx.token2wav(result.speech_tokens) for result in results]
     truth = [list(r.extra["speech_token"])[:WHISPER_MAX_TOKENS] for r in records]
     texts = transcribe(waves + [ctx.token2wav(tokens) for tokens in truth], device=ctx.device,
                        progress=ctx.progress)
@@ -273,12 +291,10 @@ def think_references(record: Record) -> dict[str, str | None]:
 
 def run_empathy(ctx: StageContext, records: list[Record], desc: str) -> dict:
     """Think parse rate, think field accuracy and reply-emotion accuracy of the dialogue records."""
-    raws, tasks = [], Counter()
-    for record in tqdm(records, desc=desc, unit="dialogue", disable=not ctx.progress):
-        task = empathy_task(record, ctx.think)
-        tasks[task] += 1
-        raws.append(generate(ctx.model, load_audio(record.audio_path()), task=task, think=ctx.think,
-                             options=EMPATHY_OPTIONS).raw_text)
+    tasks = Counter(empathy_task(record, ctx.think) for record in records)
+    requests = [GenerationRequest(load_audio(record.audio_path()), task=empathy_task(record, ctx.think),
+                                  think=ctx.think, options=EMPATHY_OPTIONS) for record in records]
+    raws = [result.raw_text for result in _generate_all(ctx, requests, desc, "dialogue")]
     predictions = [reply_emotion_prediction(raw, ctx.prompt_set, ctx.classifier) for raw in raws]
     refs = [reference_reply_emotion(r, ctx.prompt_set) for r in records]
     hyps = [label or NONE_LABEL for label, _ in predictions]
@@ -330,7 +346,7 @@ def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
     return token2wav, None
 
 
-def _check(stages: Sequence[str], think: ThinkMode | str, limit: int | None) -> None:
+def _check(stages: Sequence[str], think: ThinkMode | str, limit: int | None, batch_size: int) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise ValueError(f"unknown or no stages {list(stages)}; choose from {', '.join(STAGES)}")
@@ -338,6 +354,8 @@ def _check(stages: Sequence[str], think: ThinkMode | str, limit: int | None) -> 
         raise ValueError(f"unknown think mode {think!r}; choose one of {', '.join(ThinkMode)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
 
 
 def _subset_report(ctx: StageContext, records: list[Record], stages: Sequence[str], name: str) -> dict:
@@ -358,16 +376,18 @@ def _subset_report(ctx: StageContext, records: list[Record], stages: Sequence[st
 
 
 def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[str] = STAGES,
-             limit: int | None = None, think: ThinkMode | str = ThinkMode.TAG, progress: bool = True) -> dict:
+             limit: int | None = None, think: ThinkMode | str = ThinkMode.TAG, progress: bool = True,
+             batch_size: int = BATCH_SIZE) -> dict:
     """Evaluate ``model`` on ``corpus/{split}.jsonl`` stage by stage, per test subset.
 
     Returns a JSON-able report: ``subsets -> {seen, unseen} -> {understanding, generation,
     empathy}`` plus the settings, the protocol and the reply-emotion classifier's own accuracy
     (see the module docstring). The model is put in eval mode for the run (its mode is restored);
-    a model without a text tokenizer gets the corpus's ``text_tokenizer/``.
+    a model without a text tokenizer gets the corpus's ``text_tokenizer/``. ``batch_size``: generation requests
+    decoded together (:func:`~echat.models.batch_generate.generate_batch`; the figures do not depend on it).
     """
     stages = tuple(stages)
-    _check(stages, think, limit)
+    _check(stages, think, limit, batch_size)
     think = ThinkMode(think)
     corpus, start = Path(corpus), time.perf_counter()
     if not corpus.is_dir():
@@ -378,9 +398,9 @@ def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[st
     prompt_set = model.config.text.prompt_set
     classifier, classifier_info = _classifier(corpus, records, prompt_set) if "empathy" in stages else (None, None)
     token2wav, reason = _token2wav(model, corpus) if "generation" in stages else (None, None)
-    ctx = StageContext(model, think, limit, classifier, token2wav, reason, model.device.type, progress)
+    ctx = StageContext(model, think, limit, classifier, token2wav, reason, model.device.type, progress, batch_size)
     report = {"model": model.config.name, "corpus": str(corpus), "split": split, "stages": list(stages),
-              "think": think, "limit": limit, "prompt_set": prompt_set, "protocol": PROTOCOL,
+              "think": think, "limit": limit, "batch_size": batch_size, "prompt_set": prompt_set, "protocol": PROTOCOL,
               "reply_emotion_classifier": classifier_info, "subsets": {}}
     was_training, cache_before = model.training, model.encoder_cache
     model.eval()

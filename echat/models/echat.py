@@ -24,6 +24,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from echat.config import EChatConfig, LLMConfig, ThinkMode, preset
 from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput, mel_statistics
+from echat.models.batch_generate import generate_batch
 from echat.models.checkpoint import (
     check_shapes,
     default_dtype,
@@ -271,6 +272,10 @@ class EChat(nn.Module):
                think: ThinkMode | str | None = None, options=None, **kwargs):
         """Iterator of text pieces and speech-token chunks; see :func:`echat.models.generate.stream`."""
         return stream(self, audio=audio, text=text, task=task, think=think, options=options, **kwargs)
+
+    def generate_batch(self, requests, options=None, **kwargs):
+        """Many requests, one LLM forward per step; see :func:`echat.models.batch_generate.generate_batch`."""
+        return generate_batch(self, requests, options=options, **kwargs)
 
 
 def _valid_frames(clips: AdapterOutput) -> Tensor:

@@ -98,7 +98,7 @@ def resolve_think(model, think: ThinkMode | str | None) -> ThinkMode:
     think = ThinkMode(think)
     if think is not stored and stored is not ThinkMode.NONE:
         warnings.warn(f"think={think} asked of a model trained with think={stored}; it answers as trained",
-                      stacklevel=3)
+                      stacklevel=4)
     return think
 
 
@@ -135,7 +135,36 @@ def build_prompt(model, audio=None, text: str | None = None, task: str | None = 
     return kind, ids, stream, feats
 
 
-def _processors(options: GenerationOptions) -> LogitsProcessorList:
+def prompt_embeddings(model, task: str, kind: OutputType, ids: torch.Tensor, codes: torch.Tensor,
+                      feats: list[torch.Tensor]) -> torch.Tensor:
+    """The LLM's input embeddings (1, L, H) of a prompt from :func:`build_prompt`: ids and stream (L,), its
+    clips' log-mel (T_i, n_mels) encoded together, each with the task's token-pack layout."""
+    device, clips = model.device, None
+    if feats:
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)
+        layouts = clip_pack_layouts(model.config, task, kind, len(feats))
+        clips = model.encode_clips(padded, torch.tensor([f.shape[0] for f in feats], device=device),
+                                   torch.tensor(layouts, device=device))
+    return model.embed(ids[None].to(device), codes[None].to(device), clips=clips)
+
+
+def prepare_call(model, audio, text, task, think, options, history) -> tuple[str, OutputType, GenerationOptions,
+                                                                          torch.Tensor]:
+    """What one call decodes from: its task (default :func:`default_task`), output type, options (default the
+    task's, :func:`echat.prompts.default_options`) and prompt embeddings (1, L, H)."""
+    think = resolve_think(model, think)
+    task = task or default_task(audio, text, think)
+    kind, ids, codes, feats = build_prompt(model, audio, text, task, think, history)
+    return task, kind, options or default_options(kind), prompt_embeddings(model, task, kind, ids, codes, feats)
+
+
+def seeded_generator(options: GenerationOptions) -> torch.Generator | None:
+    """The sampling generator of one call: seeded with ``options.seed``, else None (torch's global one)."""
+    return torch.Generator().manual_seed(options.seed) if options.seed is not None else None
+
+
+def sampling_processors(options: GenerationOptions) -> LogitsProcessorList:
+    """Repetition penalty, then (when sampling) temperature, top-k and top-p, as ``options`` asks."""
     procs = LogitsProcessorList()
     if options.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
@@ -173,14 +202,14 @@ class ChoiceAfter(LogitsProcessor):
         return scores + keep
 
 
-def _text_processors(model, options: GenerationOptions, procs: LogitsProcessorList) -> LogitsProcessorList:
+def text_processors(model, options: GenerationOptions, procs: LogitsProcessorList) -> LogitsProcessorList:
     """The text phase's processors: the reference's age rule first (before any top-k could drop its
     choices) when ``options.age_rule`` says so, or by default with the Qwen2.5 tokenizer; then ``procs``."""
     on = options.age_rule if options.age_rule is not None else model.config.text.tokenizer == "qwen2.5"
     return LogitsProcessorList([ChoiceAfter.age_rule(model.tokenizer), *procs] if on else procs)
 
 
-def _pick(logits: torch.Tensor, history: list[int], options, procs, gen) -> int:
+def pick_next(logits: torch.Tensor, history: list[int], options, procs, gen) -> int:
     """Next id from logits (V,) given the ids generated so far in this phase."""
     scores = logits[None].float()
     if procs:
@@ -227,7 +256,7 @@ class _TextStream:
         return piece
 
 
-def _embed_one(model, token: int, speech: bool) -> torch.Tensor:
+def embed_one(model, token: int, speech: bool) -> torch.Tensor:
     """Embedding (1, 1, H) of one generated id from the text or the speech table."""
     table = model.speech_embedding if speech else model.llm.get_input_embeddings()
     return table(torch.tensor([[token]], device=model.device))
@@ -254,44 +283,33 @@ def stream(model, audio=None, text: str | None = None, task: str | None = None,
 def _events(model, audio, text, task, think, options, history, interrupt=None) -> Iterator[StreamEvent]:
     """The engine of :func:`stream`: text pieces, speech chunks, then "done"."""
     start = time.perf_counter()
-    think = resolve_think(model, think)
-    task = task or default_task(audio, text, think)
-    kind, ids, codes, feats = build_prompt(model, audio, text, task, think, history)
-    options = options or default_options(kind)
+    task, kind, options, embeds = prepare_call(model, audio, text, task, think, options, history)
     special = SpecialIds.build(model.config, model.tokenizer)
-    device = model.device
-    clips = None
-    if feats:
-        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)
-        layouts = clip_pack_layouts(model.config, task, kind, len(feats))
-        clips = model.encode_clips(padded, torch.tensor([f.shape[0] for f in feats], device=device),
-                                   torch.tensor(layouts, device=device))
-    embeds = model.embed(ids[None].to(device), codes[None].to(device), clips=clips)
     decoder = _Decoder(model, embeds, options.use_cache)
-    gen = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
-    procs, timings, text_out = _processors(options), Timings(), _TextStream(model.tokenizer)
+    gen = seeded_generator(options)
+    procs, timings, text_out = sampling_processors(options), Timings(), _TextStream(model.tokenizer)
     hidden, speech, ended = decoder.step(), [], not kind.text_out
     if kind.text_out:
-        text_procs = _text_processors(model, options, procs)
+        text_procs = text_processors(model, options, procs)
         for _ in range(options.max_new_tokens):
             if _stopped(interrupt):
                 break
-            token = _pick(model.causal_lm.lm_head(hidden), text_out.ids, options, text_procs, gen)
+            token = pick_next(model.causal_lm.lm_head(hidden), text_out.ids, options, text_procs, gen)
             if token == special.im_end:
                 ended = True
                 break
             timings.first_text_s = timings.first_text_s or time.perf_counter() - start
             if piece := text_out.push(token):
                 yield StreamEvent("text", text=piece)
-            hidden = decoder.step(_embed_one(model, token, speech=False))
+            hidden = decoder.step(embed_one(model, token, speech=False))
     if kind.speech_out and ended:
         if kind.text_out:
-            decoder.step(_embed_one(model, special.im_end, speech=False))
-        hidden = decoder.step(_embed_one(model, special.speech_boundary, speech=True))
+            decoder.step(embed_one(model, special.im_end, speech=False))
+        hidden = decoder.step(embed_one(model, special.speech_boundary, speech=True))
         yield from _speech_phase(model, decoder, hidden, speech, options, procs, gen, timings, start, interrupt)
     timings.total_s = time.perf_counter() - start
     timings.n_text, timings.n_speech = len(text_out.ids), len(speech)
-    result = _result(model, task, kind, text_out.ids, speech, timings)
+    result = make_result(model, task, kind, text_out.ids, speech, timings)
     result.interrupted = _stopped(interrupt)
     yield StreamEvent("done", result=result)
 
@@ -308,7 +326,7 @@ def _speech_phase(model, decoder, hidden, speech: list[int], options, procs, gen
         if _stopped(interrupt):
             break
         logits = apply_speech_blocking(model.speech_head(hidden), speech, options, boundary)
-        token = _pick(logits, speech, options, procs, gen)
+        token = pick_next(logits, speech, options, procs, gen)
         if token == boundary:
             break
         timings.first_speech_s = timings.first_speech_s or time.perf_counter() - start
@@ -317,12 +335,12 @@ def _speech_phase(model, decoder, hidden, speech: list[int], options, procs, gen
         if len(chunk) == options.stream_chunk:
             yield StreamEvent("speech", tokens=chunk)
             chunk = []
-        hidden = decoder.step(_embed_one(model, token, speech=True))
+        hidden = decoder.step(embed_one(model, token, speech=True))
     if chunk:
         yield StreamEvent("speech", tokens=chunk)
 
 
-def _result(model, task, kind, text_ids, speech, timings) -> GenerationResult:
+def make_result(model, task, kind, text_ids, speech, timings) -> GenerationResult:
     raw = model.tokenizer.decode(text_ids, clean_up_tokenization_spaces=False)
     parsed = parse_reply(raw, model.config.text.prompt_set)
     return GenerationResult(task=task, kind=kind, raw_text=raw, text=parsed.reply, think=parsed.think,

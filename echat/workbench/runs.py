@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,12 +35,11 @@ from echat.data.mini.corpus import build_corpus
 from echat.data.pipeline import DataPipeline, Sample
 from echat.data.schema import read_manifest
 from echat.eval.report import save_report
-from echat.eval.stage_eval import EMPATHY_OPTIONS, TTS_SEED, empathy_task, evaluate, load_model, speech_token_cap
+from echat.eval.stage_eval import EMPATHY_OPTIONS, empathy_task, evaluate, load_model, tts_options
 from echat.models.checkpoint import FINAL
 from echat.models.generate import generate
-from echat.prompts import default_options
 from echat.text_tokenizer import echat_home
-from echat.tokens import IGNORE_INDEX, TEXT2TOKEN, OutputType
+from echat.tokens import IGNORE_INDEX, TEXT2TOKEN
 from echat.train.plots import plot_history
 from echat.train.recipes import recipe as stages_of
 from echat.train.recipes import stage as cut
@@ -265,10 +264,9 @@ def text_loss(model, corpus: str | Path, split: str = "test", subset: str | None
 
 
 def tts_tokens(model, text: str) -> list[int]:
-    """The speech tokens ``model`` speaks ``text`` with, as the generation evaluation runs TTS: the
-    reference's TTS sampling seeded with ``stage_eval.TTS_SEED``, at most ``speech_token_cap(text)``."""
-    options = replace(default_options(OutputType.TTS), seed=TTS_SEED, max_speech_tokens=speech_token_cap(text))
-    return generate(model, text=text, task=TEXT2TOKEN, options=options).speech_tokens
+    """The speech tokens ``model`` speaks ``text`` with, as the generation evaluation runs TTS
+    (``stage_eval.tts_options``: the reference's TTS sampling, seeded, at most ``speech_token_cap(text)``)."""
+    return generate(model, text=text, task=TEXT2TOKEN, options=tts_options(text)).speech_tokens
 
 
 def empathy_output(model, record, think: ThinkMode | str) -> str:

@@ -150,7 +150,25 @@ def model(corpus):
 def report(model, corpus):
     from echat.eval.stage_eval import evaluate
 
-    return evaluate(model, corpus, limit=2, think="tag", progress=False)
+    return evaluate(model, corpus, limit=2, think="tag", progress=False, batch_size=4)
+
+
+def _figures(report: dict) -> dict:
+    """A report without its wall times and batch size."""
+    if isinstance(report, dict):
+        return {key: _figures(value) for key, value in report.items() if key not in ("seconds", "batch_size")}
+    return report
+
+
+def test_the_figures_do_not_depend_on_the_batch_size(model, corpus, report):
+    """Batched generation (4 requests at a time) gives the figures of one request at a time."""
+    from echat.eval.stage_eval import evaluate
+
+    one_by_one = evaluate(model, corpus, limit=2, think="tag", progress=False, batch_size=1)
+    assert (one_by_one["batch_size"], report["batch_size"]) == (1, 4)
+    assert _figures(one_by_one) == _figures(report)
+    with pytest.raises(ValueError, match="batch size must be at least 1, got 0"):
+        evaluate(model, corpus, limit=2, progress=False, batch_size=0)
 
 
 def test_classifier_on_ground_truth_replies(corpus):
@@ -222,8 +240,10 @@ def test_a_perfect_model_scores_one(model, corpus, monkeypatch):
                                                     r.extra["q_emotion"], r.extra["caption"])]
     answers += [format_reply(r.txt, "tag", "mini", cues=Cues.from_extra(r.extra)) for r in dialogues]
     queue = iter(answers)
-    monkeypatch.setattr(stage_eval, "generate", lambda *args, **kw: SimpleNamespace(raw_text=next(queue)))
-    context = StageContext(model, "tag", None, ReplyEmotionClassifier.from_corpus(corpus), None, "no", "cpu", False)
+    monkeypatch.setattr(stage_eval, "generate_batch",
+                        lambda model, requests, **kw: [SimpleNamespace(raw_text=next(queue)) for _ in requests])
+    context = StageContext(model, "tag", None, ReplyEmotionClassifier.from_corpus(corpus), None, "no", "cpu", False,
+                           batch_size=3)  # the answers come back in order across batches
     understanding = run_understanding(context, clips, "understanding")
     assert understanding["asr"] == {"cer": 0.0, "wer": 0.0}
     assert {field: s["accuracy"] for field, s in understanding["labels"].items()} == dict.fromkeys(
@@ -278,9 +298,10 @@ def test_cli_eval_writes_eval_json(model, corpus, tmp_path, capsys):
     run = tmp_path / "run"
     model.save(run / "ckpt" / "step_000010")
     argv = ["eval", "--run", str(run), "--data", str(corpus), "--limit", "1", "--think", "language",
-            "--stages", "empathy"]
+            "--stages", "empathy", "--batch-size", "3"]
     assert main(argv) == 0
     saved = json.loads((run / "eval" / "eval.json").read_text())
+    assert saved["batch_size"] == 3
     assert saved["checkpoint"] == str(run / "ckpt" / "step_000010")
     assert saved["think"] == "language" and saved["stages"] == ["empathy"]
     assert _in_unit(saved["subsets"]["unseen"]["empathy"]["think_parse_rate"])

@@ -3,7 +3,7 @@
 import torch
 
 from echat.config import GenerationOptions, preset
-from echat.models.generate import ChoiceAfter, _text_processors
+from echat.models.generate import ChoiceAfter, text_processors
 
 
 def test_the_age_rule_in_qwen_ids_is_the_references(qwen):
@@ -26,6 +26,6 @@ class _Model:
 
 
 def test_the_rule_is_on_by_default_with_the_qwenenizer_only(qwen, mini_tok):
-    assert isinstance(_text_processors(_Model("osum-echat", qwen), GenerationOptions(), [])[0], ChoiceAfter)
-    assert list(_text_processors(_Model("mini", mini_tok), GenerationOptions(), [])) == []
-    assert list(_text_processors(_Model("osum-echat", qwen), GenerationOptions(age_rule=False), [])) == []
+    assert isinstance(text_processors(_Model("osum-echat", qwen), GenerationOptions(), [])[0], ChoiceAfter)
+    assert list(text_processors(_Model("mini", mini_tok), GenerationOptions(), [])) == []
+    assert list(text_processors(_Model("osum-echat", qwen), GenerationOptions(age_rule=False), [])) == []
