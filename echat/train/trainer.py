@@ -14,6 +14,9 @@ Design choices:
 - A recipe with ``bridge`` wraps the model in :class:`~echat.train.bridge.BridgedModel` (auxiliary CTC
   and cue losses); the bridge heads train alongside and live in ``trainer_state.pt``, never in the model.
 - A non-finite loss stops the run naming the step and batch keys; Ctrl-C saves a resumable checkpoint.
+  In a multi-process run the ranks first meet at a bounded barrier (:mod:`echat.train.ranks`): when Ctrl-C
+  reached only some of them, the others never come, and the interrupted rank stops after the bound with
+  one line naming itself, the step and the checkpoint kept, instead of hanging.
 - Metrics go to ``metrics.jsonl`` (per step: wall-clock time, loss per task, lr, bridge losses; per
   evaluation: dev loss and a few greedy decodes) and ``loss.png``.
 """
@@ -54,6 +57,7 @@ from echat.train.bridge import (
     tagged_words,
 )
 from echat.train.plots import plot_hearing_history, plot_history
+from echat.train.ranks import BARRIER_TIMEOUT_ENV, RankBarrier, barrier_timeout
 from echat.train.recipes import RecordPool, StageRecipe, mix_records
 from echat.train.stages import set_trainable
 
@@ -115,7 +119,7 @@ class Trainer:
     def __init__(self, model, recipe: StageRecipe, samples: list[Sample], out: str | Path,
                  dev: list[Sample] | None = None, eval_every: int | None = None, save_every: int = 200, keep: int = 2,
                  accelerator: Accelerator | None = None, progress: bool = True,
-                 encoder_cache: EncoderCache | None = None):
+                 encoder_cache: EncoderCache | None = None, barrier_timeout_s: float | None = None):
         self.model, self.recipe, self.out = model, recipe, Path(out)
         self.config = model.config
         if recipe.teaches_think:
@@ -134,6 +138,7 @@ class Trainer:
                                               mixed_precision="bf16" if cuda else "no", cpu=not cuda,
                                               kwargs_handlers=[DistributedDataParallelKwargs(
                                                   find_unused_parameters=True)])
+        self.interrupt_barrier = RankBarrier(barrier_timeout(barrier_timeout_s), self.acc.num_processes)
         self.tokenizer = model.tokenizer
         if not dict(recipe.module_lr).get("encoder"):  # a frozen encoder: each clip is encoded once
             model.encoder_cache = encoder_cache or EncoderCache()
@@ -229,8 +234,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", task=record["task"])
                 self._after_step()
         except KeyboardInterrupt:
-            path = self.save()
-            print(f"interrupted at step {self.state.step}: resumable checkpoint in {path}")
+            self._save_interrupted()
             raise
         finally:
             bar.close()
@@ -355,8 +359,37 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> Path:
-        """Write ``ckpt/step_NNNNNN`` atomically and point ``latest`` at it; keep the last ``keep``."""
+        """Write ``ckpt/step_NNNNNN`` atomically once every rank is here (see :meth:`_write_checkpoint`)."""
         self.acc.wait_for_everyone()
+        return self._write_checkpoint()
+
+    def _save_interrupted(self) -> None:
+        """Ctrl-C: a resumable checkpoint of this step once every rank reached the bounded barrier; the other
+        ranks wait (within the bound) until the main one has written it, as a launcher stops every rank as
+        soon as one exits. When a rank does not come, a :class:`TrainingError` names this rank, the step and
+        the checkpoint kept."""
+        if not self.interrupt_barrier.wait():
+            raise TrainingError(self._alone_message()) from None
+        path = self._write_checkpoint()
+        self.interrupt_barrier.wait()
+        if self.acc.is_main_process:
+            print(f"interrupted at step {self.state.step}: resumable checkpoint in {path}")
+
+    def _alone_message(self) -> str:
+        """The one line of a rank whose interrupt the other ranks did not join."""
+        try:
+            kept = f"the last complete checkpoint is kept: {latest_checkpoint(self.out)}"
+        except FileNotFoundError:
+            kept = f"there is no earlier checkpoint in {self.out}"
+        return (f"rank {self.acc.process_index} of {self.acc.num_processes} interrupted at step {self.state.step}: "
+                f"the other ranks did not reach the checkpoint barrier within "
+                f"{self.interrupt_barrier.timeout_s:g} s ({BARRIER_TIMEOUT_ENV}), so no checkpoint of this step "
+                f"was written; {kept}; run the same command with --resume to continue from it")
+
+    def _write_checkpoint(self) -> Path:
+        """On the main rank, write ``ckpt/step_NNNNNN`` to a hidden temporary folder and rename it, then point
+        ``latest`` at it and keep the last ``keep``; a failure or a second Ctrl-C while writing removes the
+        temporary folder, so the previous checkpoint stays the latest and loadable."""
         final = self.out / CHECKPOINTS / f"step_{self.state.step:06d}"
         if not self.acc.is_main_process:
             return final
@@ -368,6 +401,9 @@ class Trainer:
         except OSError as err:  # e.g. a full disk: the previous checkpoint stays as it was
             shutil.rmtree(tmp, ignore_errors=True)
             raise TrainingError(f"could not save {final} ({err}); the previous checkpoint is intact") from err
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         pointer = self.out / CHECKPOINTS / f".{LATEST}.tmp"

@@ -5,7 +5,10 @@ Every rank trains a few optimizer steps of a smoke stage with the real :class:`~
 (evaluating and checkpointing at step 2, so those run under DDP too) and writes ``rank_<R>.json`` to
 ``--out``: its rank and world size, the backend, the sample keys of every batch it really consumed (taken
 from the batches the trainer's stream yielded), and SHA-256 hashes of all model weights right after
-``accelerate.prepare`` and after training.
+``accelerate.prepare`` and after training. With ``--interrupt-ranks R.. --interrupt-step N`` those ranks
+raise ``KeyboardInterrupt`` as their step N + 1 starts (Ctrl-C reaching them, the others not);
+``--write-delay S`` makes the main rank take S seconds more to write a checkpoint; a ``TrainingError`` ends the
+process as ``echat`` does: one line on stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +25,7 @@ import torch
 from echat.data.pipeline import load_split
 from echat.train.recipes import stage
 from echat.train.run import _model
-from echat.train.trainer import Trainer
+from echat.train.trainer import Trainer, TrainingError
 
 
 def weights_hash(model) -> str:
@@ -44,6 +49,34 @@ def record_batches(trainer: Trainer, consumed: list[dict]) -> None:
     trainer._stream = recording
 
 
+def interrupt_at(trainer: Trainer, ranks: list[int], step: int) -> None:
+    """On the ranks ``ranks`` only, make ``trainer`` raise ``KeyboardInterrupt`` when a micro-batch starts after
+    ``step`` optimizer steps."""
+    if trainer.acc.process_index not in ranks:
+        return
+    train_step = trainer._train_step
+
+    def interrupted(batch):
+        if trainer.state.step == step:
+            raise KeyboardInterrupt
+        return train_step(batch)
+
+    trainer._train_step = interrupted
+
+
+def slow_writes(trainer: Trainer, seconds: float) -> None:
+    """Make every checkpoint write of ``trainer``'s main rank take ``seconds`` longer (a big model, a slow disk)."""
+    if not seconds or not trainer.acc.is_main_process:
+        return
+    write = trainer._write_checkpoint
+
+    def slow():
+        time.sleep(seconds)
+        return write()
+
+    trainer._write_checkpoint = slow
+
+
 def rank_report(trainer: Trainer, consumed: list[dict], initial_hash: str) -> dict:
     """What this rank did: its place in the run, the batches it consumed, its weights before and after."""
     acc = trainer.acc
@@ -59,6 +92,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--stage", default="empathy")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--interrupt-ranks", type=int, nargs="*", default=[], help="the ranks that get Ctrl-C")
+    parser.add_argument("--interrupt-step", type=int, default=0)
+    parser.add_argument("--write-delay", type=float, default=0.0)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = _model("smoke", args.corpus, None)
@@ -68,7 +104,13 @@ def main() -> None:
                       eval_every=2, save_every=2, progress=False)
     consumed, initial = [], weights_hash(trainer.acc.unwrap_model(trainer.model))
     record_batches(trainer, consumed)
-    trainer.fit()
+    interrupt_at(trainer, args.interrupt_ranks, args.interrupt_step)
+    slow_writes(trainer, args.write_delay)
+    try:
+        trainer.fit()
+    except TrainingError as err:
+        print(f"echat: error: {err}", file=sys.stderr)
+        sys.exit(1)
     report = rank_report(trainer, consumed, initial)
     (args.out / f"rank_{report['rank']}.json").write_text(json.dumps(report, indent=1))
 

@@ -79,16 +79,20 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(smoke_corpus, tmp_pat
     assert latest_checkpoint(tmp_path) == before and (before / "trainer_state.pt").exists()
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(smoke_corpus, tmp_path, monkeypatch):
-    trainer = _trainer(smoke_corpus, tmp_path, steps=4)
+def _interrupt_at(trainer, monkeypatch, step):
     real = trainer._train_step
 
-    def interrupt_at_two(batch):
-        if trainer.state.step == 2:
+    def interrupted(batch):
+        if trainer.state.step == step:
             raise KeyboardInterrupt
         return real(batch)
 
-    monkeypatch.setattr(trainer, "_train_step", interrupt_at_two)
+    monkeypatch.setattr(trainer, "_train_step", interrupted)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(smoke_corpus, tmp_path, monkeypatch):
+    trainer = _trainer(smoke_corpus, tmp_path, steps=4)
+    _interrupt_at(trainer, monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert latest_checkpoint(tmp_path).name == "step_000002"
@@ -97,6 +101,40 @@ def test_ctrl_c_saves_a_resumable_checkpoint(smoke_corpus, tmp_path, monkeypatch
     assert again.state.step == 2
     again.fit()
     assert again.state.step == 4
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_no_half_written_folder(smoke_corpus, tmp_path, monkeypatch):
+    trainer = _trainer(smoke_corpus, tmp_path, steps=2)
+    trainer.fit(until=1)
+
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step_000001"]
+    assert latest_checkpoint(tmp_path).name == "step_000001"
+
+
+def test_an_interrupt_the_other_ranks_do_not_join_stops_with_one_line_naming_the_checkpoint_kept(
+        smoke_corpus, tmp_path, monkeypatch):
+    trainer = _trainer(smoke_corpus, tmp_path / "run", steps=4, barrier_timeout_s=2)
+    trainer.fit(until=1)
+    monkeypatch.setattr(trainer.interrupt_barrier, "wait", lambda: False)  # the other ranks never come
+    _interrupt_at(trainer, monkeypatch, 2)
+    with pytest.raises(TrainingError, match=r"^rank 0 of 1 interrupted at step 2: the other ranks did not reach the "
+                       r"checkpoint barrier within 2 s \(ECHAT_BARRIER_TIMEOUT_S\), so no checkpoint of this step was "
+                       r"written; the last complete checkpoint is kept: \S+step_000001; run the same command with "
+                       r"--resume to continue from it$"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path / "run").name == "step_000001"
+    fresh = _trainer(smoke_corpus, tmp_path / "fresh", steps=4)
+    monkeypatch.setattr(fresh.interrupt_barrier, "wait", lambda: False)
+    _interrupt_at(fresh, monkeypatch, 0)
+    with pytest.raises(TrainingError, match="of this step was written; there is no earlier checkpoint in "):
+        fresh.fit()
+    assert not (tmp_path / "fresh" / "ckpt").exists()
 
 
 def test_a_checkpoint_of_another_stage_or_preset_is_refused(smoke_corpus, tmp_path):
