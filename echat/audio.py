@@ -7,6 +7,9 @@ Design choices:
   padding, last frame dropped, Slaney mel filters, log10, a floor 8 decades below the utterance's
   peak, then ``(x + 4) / 4``. No padding to 30 s: ``T = N // 160``.
 - The dynamic-range floor is per utterance, so batching never changes an utterance's features.
+- ``log_mel_batch`` (clips of different lengths) is the same formula made cheaper: |X|^2 as re^2 + im^2 summed
+  inside the mel product, which reads only the FFT bins each group of filters weighs, written straight into
+  the padded batch; about 2x faster than the per-utterance loop (``benchmarks/frontend.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ DYNAMIC_RANGE_LOG10 = 8.0  # keep 8 decades (80 dB) below each utterance's peak
 LOG_OFFSET = 4.0  # Whisper's affine squash: (log10 + 4) / 4 lands speech near [-1, 1]
 LOG_SCALE = 4.0
 RESAMPLE_TYPE = "soxr_hq"  # librosa's soxr backend, high quality
+# log_mel_batch's mel product in 5 groups of 16 filters, each over its own bins only: of 1 to 10 groups
+# (and of groups cut by their bins' span) the fastest measured, 16 filling one 16-float vector
+MEL_GROUPS = 5
 
 # torch.stft(center=True) reflect-pads n_fft // 2 samples per side; reflection needs more input.
 _MIN_STFT_SAMPLES = N_FFT_SAMPLES // 2 + 1
@@ -152,7 +158,7 @@ def _as_wave_tensor(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"log_mel needs at least {_MIN_STFT_SAMPLES} samples (reflect padding), got {tensor.shape[-1]}"
         )
-    if not torch.isfinite(tensor).all():
+    if not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():  # min and max carry any NaN or inf
         raise ValueError("log_mel input contains NaN or infinite samples")
     return tensor
 
@@ -180,20 +186,70 @@ def log_mel(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
     return feats[0] if single else feats
 
 
-def log_mel_batch(waves: list[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features for variable-length waves, zero padded.
+def _wave_of_batch(index: int, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Wave ``index`` of a ``log_mel_batch`` call as a float32 tensor ``(N,)``; errors name the index."""
+    if np.ndim(wave) != 1:
+        raise ValueError(f"log_mel_batch wave {index}: expected a 1-D wave, got shape {np.shape(wave)}")
+    try:
+        return _as_wave_tensor(wave)
+    except ValueError as err:
+        raise ValueError(f"log_mel_batch wave {index}: {err}") from None
 
-    ``waves``: B waves ``(N_b,)`` -> features ``(B, T_max, 80)`` float32 and lengths ``(B,)``
-    int64 (frames per utterance). Each row equals ``log_mel`` of that wave alone.
+
+@functools.lru_cache(maxsize=1)
+def _mel_filter_groups() -> tuple[tuple[slice, slice, torch.Tensor], ...]:
+    """The mel filterbank cut into ``MEL_GROUPS`` groups of consecutive filters, each kept only over the FFT
+    bins its filters weigh (the filters are narrow: 391 of the 80 x 201 weights are non-zero).
+
+    Per group: the columns it reads of an interleaved power spectrum ``(T, 402)`` (re^2, im^2 per bin), the
+    mel bins it writes, and its weights ``(2 * bins, filters)``, each bin's weight twice, so that the
+    product also sums re^2 + im^2.
+    """
+    filters = _mel_filters()  # (80, 201)
+    groups = []
+    for mels in torch.arange(N_MELS).chunk(MEL_GROUPS):
+        first, stop = int(mels[0]), int(mels[-1]) + 1
+        used = filters[first:stop].sum(dim=0).nonzero()  # (bins, 1): the FFT bins the group weighs
+        low, high = int(used.min()), int(used.max()) + 1
+        weights = filters[first:stop, low:high].t().repeat_interleave(2, dim=0).contiguous()  # (2 bins, filters)
+        groups.append((slice(2 * low, 2 * high), slice(first, stop), weights))
+    return tuple(groups)
+
+
+def _stft_frames(wave: torch.Tensor) -> torch.Tensor:
+    """A wave ``(N,)`` -> its windowed analysis frames ``(N // 160, 400)``: reflect-padded by ``n_fft // 2`` per
+    side and framed every hop, as ``torch.stft(center=True)`` frames it, the last frame dropped."""
+    half = N_FFT_SAMPLES // 2
+    padded = torch.cat([wave[1 : half + 1].flip(0), wave, wave[-half - 1 : -1].flip(0)])  # (N + 400,)
+    return padded.unfold(0, N_FFT_SAMPLES, HOP_SAMPLES)[:-1] * _window()
+
+
+def _log_mel_into(wave: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the log-mel of one wave ``(N,)`` into ``out`` ``(N // 160, 80)``, a view of a batch's features."""
+    frames = _stft_frames(wave)  # (T, 400)
+    squares = torch.view_as_real(torch.fft.rfft(frames)).square_().view(len(frames), -1)  # (T, 402)
+    for columns, mels, weights in _mel_filter_groups():
+        torch.matmul(squares[:, columns], weights, out=out[:, mels])
+    logs = out.clamp_(min=LOG_FLOOR).log10_()
+    logs.clamp_(min=logs.max() - DYNAMIC_RANGE_LOG10).add_(LOG_OFFSET).div_(LOG_SCALE)
+
+
+def log_mel_batch(waves: list[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features for variable-length waves, zero padded: each wave's rows equal ``log_mel`` of it alone.
+
+    ``waves``: B waves ``(N_b,)`` -> features ``(B, T_max, 80)`` float32 and lengths ``(B,)`` int64
+    (``T_b = N_b // 160`` frames per utterance). The same FFT frames as ``log_mel``; |X|^2 and the mel
+    product are summed in another order (within 1e-5 of it), and the mel product reads only the bins each
+    filter group weighs. One wave at a time, so each step's data stays in the processor's cache (one FFT over
+    all waves' frames at once was slower), written straight into the padded batch.
     """
     if len(waves) == 0:
         raise ValueError("log_mel_batch needs at least one wave")
-    for index, wave in enumerate(waves):
-        if np.ndim(wave) != 1:
-            raise ValueError(f"log_mel_batch wave {index}: expected a 1-D wave, got shape {np.shape(wave)}")
-    feats = [log_mel(wave) for wave in waves]  # each (T_b, 80); per-wave STFT keeps values exact
-    lengths = torch.tensor([feat.shape[0] for feat in feats], dtype=torch.int64)  # (B,)
-    padded = torch.zeros(len(feats), int(lengths.max()), N_MELS, dtype=torch.float32)  # (B, T_max, 80)
-    for index, feat in enumerate(feats):
-        padded[index, : feat.shape[0]] = feat
-    return padded, lengths
+    tensors = [_wave_of_batch(index, wave) for index, wave in enumerate(waves)]
+    lengths = torch.tensor([num_frames(tensor.shape[0]) for tensor in tensors], dtype=torch.int64)  # (B,)
+    feats = torch.empty(len(tensors), int(lengths.max()), N_MELS)  # (B, T_max, 80)
+    for index, wave in enumerate(tensors):
+        n_frames = int(lengths[index])
+        _log_mel_into(wave, feats[index, :n_frames])
+        feats[index, n_frames:] = 0.0
+    return feats, lengths

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import librosa
 import numpy as np
@@ -16,6 +20,7 @@ from echat.config import AudioConfig
 
 RATE_HZ = 16_000
 MAX_ABS_ERROR = 1e-4  # features are ~[-1, 1.5]; fp32 STFT vs fp64 numpy stays well inside this
+BATCH_VS_ONE_ERROR = 1e-5  # log_mel_batch vs log_mel: the same frames, |X|^2 and mel sums in another order
 FORMANTS_HZ = (700.0, 1_200.0, 2_600.0)  # an /a/-like vowel
 FORMANT_BANDWIDTH_HZ = 120.0
 F0_MAX_HZ = 160.0  # top of the vowel's pitch glide
@@ -135,15 +140,59 @@ def test_log_mel_batch_equals_single_utterances():
     assert lengths.tolist() == [100, 7, 30, 2]
     for index, wave in enumerate(waves):
         n = int(lengths[index])
-        torch.testing.assert_close(feats[index, :n], log_mel(wave), rtol=0, atol=0)
+        torch.testing.assert_close(feats[index, :n], log_mel(wave), rtol=0, atol=BATCH_VS_ONE_ERROR)
         assert torch.count_nonzero(feats[index, n:]) == 0  # zero padding only
+
+
+# Clip lengths in samples: the shortest the reflect padding allows, under one window, off the hop, on it.
+BATCH_LENGTHS = [201, 300, 399, 400, 559, 1_234, 1_600, 16_000 + 37, 48_000 + 159, 80_000]
+
+
+def test_log_mel_batch_is_the_per_utterance_formula_for_every_length():
+    waves = [vowel(n / RATE_HZ, seed=i) if i % 2 else noise(n, seed=i) for i, n in enumerate(BATCH_LENGTHS)]
+    waves[3] = 1e-3 * waves[3]  # a quiet clip beside loud ones: its floor is its own
+    feats, lengths = log_mel_batch(waves)
+    assert lengths.tolist() == [n // 160 for n in BATCH_LENGTHS]
+    assert feats.shape == (len(waves), max(BATCH_LENGTHS) // 160, 80)
+    for index, wave in enumerate(waves):
+        n = int(lengths[index])
+        assert np.abs(feats[index, :n].numpy() - numpy_log_mel(wave)).max() < MAX_ABS_ERROR
+        assert np.abs(feats[index, :n].numpy() - log_mel(wave).numpy()).max() < BATCH_VS_ONE_ERROR
+        assert torch.count_nonzero(feats[index, n:]) == 0
+
+
+def test_log_mel_batch_of_one_and_of_equal_lengths():
+    one = vowel(0.7)
+    feats, lengths = log_mel_batch([one])
+    assert lengths.tolist() == [70] and np.abs(feats[0].numpy() - log_mel(one).numpy()).max() < BATCH_VS_ONE_ERROR
+    same = [noise(3_210, seed) for seed in range(3)]
+    feats, lengths = log_mel_batch(same)
+    assert lengths.tolist() == [20, 20, 20]
+    assert np.abs(feats.numpy() - log_mel(np.stack(same)).numpy()).max() < BATCH_VS_ONE_ERROR
 
 
 def test_log_mel_batch_rejects_empty_and_2d():
     with pytest.raises(ValueError):
         log_mel_batch([])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wave 0: expected a 1-D wave"):
         log_mel_batch([np.zeros((2, 800), np.float32)])
+
+
+@pytest.mark.parametrize("bad, problem", [(np.zeros(200, np.float32), "at least 201 samples"),
+                                          (np.full(800, np.nan, np.float32), "NaN")])
+def test_log_mel_batch_names_the_bad_wave(bad, problem):
+    with pytest.raises(ValueError, match=f"log_mel_batch wave 1: .*{problem}"):
+        log_mel_batch([noise(800), bad])
+
+
+def test_the_frontend_benchmark_runs_and_finds_the_batch_exact():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's echat, as `python -m` would find it
+    out = subprocess.run([sys.executable, "benchmarks/frontend.py", "--clips", "3", "--repeats", "1", "--threads", "1"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"3 clips, 1\.0-20\.0 s .*\nreference per-utterance loop: [\d.]+ ms\n"
+                     r"echat log_mel_batch: +[\d.]+ ms\nspeed-up [\d.]+x; max abs diff", out.stdout), out.stdout
 
 
 # ----------------------------------------------------------------------------------------------
