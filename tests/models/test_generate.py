@@ -1,6 +1,11 @@
 """One generate(): KV cache == no cache, streaming == generate, phases per call, stops, multi-turn."""
 
 import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +190,16 @@ def test_another_thread_stops_a_running_generate_and_gets_what_it_made_so_far(sm
     assert not generate(smoke_model, None, "hello", "<TEXT2TEXT>", "none", GREEDY).interrupted
     stopped = list(stream(smoke_model, None, "hello", "<TEXT2TEXT>", "none", options, interrupt=interrupt))
     assert [e.kind for e in stopped] == ["done"] and stopped[0].result.text_ids == []
+
+
+def test_the_generation_benchmark_times_readmes_python_example():
+    """benchmarks/generation_speed.py --readme-only runs README's example (the mini preset, a real clip, a tag
+    think) and prints its wall time and tokens/s."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's echat, as `python -m` would find it
+    out = subprocess.run([sys.executable, "benchmarks/generation_speed.py", "--readme-only", "--threads", "1"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    line = (r"README example \(mini, seed 0, asrp_0002\.wav, think=tag, flush-to-zero on\): from_preset [\d.]+ s, "
+            r"generate [\d.]+ s wall, \d+ text \+ \d+ speech tokens, \d+ tok/s")
+    assert re.search(line, out.stdout), out.stdout
