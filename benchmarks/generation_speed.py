@@ -6,7 +6,7 @@ Prints three figures (random weights; speed does not depend on what the weights 
    3 s of input audio: time to the first text token);
 3. KV-cached vs uncached generate() over 300 tokens;
 4. README's Python example as written (``EChat.from_preset("mini")``, then ``generate(audio=..., think="tag")``)
-   on a real clip (data/fixtures/wav/asrp_0002.wav): its wall time and tokens/s; ``--flush-to-zero off`` runs
+   on the clip it names (data/samples/hello.wav): its wall time and tokens/s; ``--flush-to-zero off`` runs
    it with subnormal floats kept (EChat() flushes them), to show what subnormal arithmetic would cost.
 
     .venv/bin/python benchmarks/generation_speed.py [--threads 2] [--tokens 300] [--readme-only]
@@ -27,7 +27,7 @@ from echat.config import GenerationOptions
 from echat.models.echat import EChat
 from echat.models.generate import GenerationResult, build_prompt, generate
 
-README_CLIP = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "wav" / "asrp_0002.wav"
+README_CLIP = Path(__file__).resolve().parents[1] / "data" / "samples" / "hello.wav"
 
 
 def _text_model(seed: int) -> EChat:

@@ -200,6 +200,6 @@ def test_the_generation_benchmark_times_readmes_python_example():
     out = subprocess.run([sys.executable, "benchmarks/generation_speed.py", "--readme-only", "--threads", "1"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    line = (r"README example \(mini, seed 0, asrp_0002\.wav, think=tag, flush-to-zero on\): from_preset [\d.]+ s, "
+    line = (r"README example \(mini, seed 0, hello\.wav, think=tag, flush-to-zero on\): from_preset [\d.]+ s, "
             r"generate [\d.]+ s wall, \d+ text \+ \d+ speech tokens, \d+ tok/s")
     assert re.search(line, out.stdout), out.stdout
