@@ -17,7 +17,8 @@ from echat.cli import QUICK_START
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```", re.M | re.S)
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # this checkout's echat
+# The subprocesses import this checkout's echat, wherever the editable install points.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 # The released checkpoint is 7 GB and wants a GPU: the full-world block loads a smoke-preset export of the same
 # layout instead, written under the same name; these are the only words of the block that change.
 FULL_WORLD_STANDIN = {'device="cuda"': 'device="cpu", config=preset("smoke")'}
