@@ -291,9 +291,10 @@ def think_references(record: Record) -> dict[str, str | None]:
 
 def run_empathy(ctx: StageContext, records: list[Record], desc: str) -> dict:
     """Think parse rate, think field accuracy and reply-emotion accuracy of the dialogue records."""
-    tasks = Counter(empathy_task(record, ctx.think) for record in records)
-    requests = [GenerationRequest(load_audio(record.audio_path()), task=empathy_task(record, ctx.think),
-                                  think=ctx.think, options=EMPATHY_OPTIONS) for record in records]
+    record_tasks = [empathy_task(record, ctx.think) for record in records]
+    tasks = Counter(record_tasks)
+    requests = [GenerationRequest(load_audio(record.audio_path()), task=task, think=ctx.think, options=EMPATHY_OPTIONS)
+                for record, task in zip(records, record_tasks, strict=True)]
     raws = [result.raw_text for result in _generate_all(ctx, requests, desc, "dialogue")]
     predictions = [reply_emotion_prediction(raw, ctx.prompt_set, ctx.classifier) for raw in raws]
     refs = [reference_reply_emotion(r, ctx.prompt_set) for r in records]
