@@ -63,3 +63,11 @@ def test_make_setup_installs_every_extra():
     extras = set(_pyproject()["optional-dependencies"])
     installed = re.search(r'-e "\.\[([^\]]*)\]"', (ROOT / "Makefile").read_text()).group(1)
     assert set(installed.split(",")) == extras
+
+
+def test_make_test_installs_chromium_for_the_browser_tests_first():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*\bbrowser\b", makefile, re.M), "make test must run the browser target"
+    recipe = re.search(r"^browser:\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "command -v chromium" in recipe and "apt-get install -y -qq chromium" in recipe
+    assert "playwright" in " ".join(_pyproject()["optional-dependencies"]["dev"])
