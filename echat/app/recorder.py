@@ -7,14 +7,15 @@ JupyterLab 4 runs) ships base 6, so it does not declare JupyterLab 4 support. ``
 (2026-08-28) is alive and its prebuilt extension is built for JupyterLab 4 (no JupyterLab classifier,
 though), but it records with ``MediaRecorder`` (a compressed codec) and decodes in Python through
 ``audiolab``, which brings PyAV (FFmpeg), ``ipydatawidgets`` (last release 2023), ``smart_open`` and
-``requests``. An ``anywidget`` of our own needs none of that: about forty lines of JavaScript capture raw
+``requests``. An ``anywidget`` of our own needs none of that: about seventy lines of JavaScript capture raw
 PCM through the Web Audio API (no codec, so nothing to decode), and the same Python path that the browser
 calls, :meth:`Recorder.receive`, is unit-tested without a browser.
 
 Browser side: one button ("Record", "Stop" while recording) in an element of CSS class ``echat-record``,
 and a status line. ``getUserMedia`` → ``AudioContext`` → an ``AudioWorklet`` that copies each 128-sample
-block of channel 0 (mono) to the main thread; on Stop the float32 samples travel as one binary buffer
-with the context's sample rate (usually 48 kHz). Python resamples them to 16 kHz with librosa.
+block of channel 0 (mono) to the main thread; on Stop (or after ``max_seconds``) the float32 samples travel
+as one binary buffer with the context's sample rate (usually 48 kHz). Python resamples them to 16 kHz with
+librosa.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from echat.audio import RESAMPLE_TYPE, SAMPLE_RATE_HZ
 # Bytes per sample of each PCM layout that receive() reads (little-endian, as the browser writes).
 SAMPLE_FORMATS = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
 INT16_FULL_SCALE = 32768.0
+MAX_RECORD_S = 30.0
 
 _WORKLET = """
 registerProcessor("echat-pcm", class extends AudioWorkletProcessor {
@@ -43,7 +45,7 @@ registerProcessor("echat-pcm", class extends AudioWorkletProcessor {
 """
 
 _ESM_BODY = """
-async function startCapture() {
+async function startCapture(maxSeconds, onFull) {
   const stream = await navigator.mediaDevices.getUserMedia(
     {audio: {channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
   const context = new AudioContext();
@@ -53,14 +55,19 @@ async function startCapture() {
   const source = context.createMediaStreamSource(stream);
   const tap = new AudioWorkletNode(context, "echat-pcm");
   const blocks = [];
-  tap.port.onmessage = (event) => blocks.push(event.data);
+  let count = 0;
+  tap.port.onmessage = (event) => {
+    blocks.push(event.data);
+    count += event.data.length;
+    if (count >= maxSeconds * context.sampleRate) onFull();
+  };
   source.connect(tap);
   return async () => {
     source.disconnect();
     stream.getTracks().forEach((track) => track.stop());
     const rate = context.sampleRate;
     await context.close();
-    const samples = new Float32Array(blocks.reduce((n, block) => n + block.length, 0));
+    const samples = new Float32Array(count);
     blocks.reduce((at, block) => (samples.set(block, at), at + block.length), 0);
     return {rate, samples};
   };
@@ -76,19 +83,20 @@ function render({model, el}) {
   model.on("change:status", showStatus);
   showStatus();
   let stop = null;
+  const finish = async () => {
+    if (!stop) return;
+    const stopCapture = stop;
+    stop = null;
+    button.textContent = "Record";
+    const {rate, samples} = await stopCapture();
+    model.send({kind: "pcm", rate}, undefined, [samples.buffer]);
+  };
   button.addEventListener("click", async () => {
-    if (stop) {
-      const finish = stop;
-      stop = null;
-      button.textContent = "Record";
-      const {rate, samples} = await finish();
-      model.send({kind: "pcm", rate}, undefined, [samples.buffer]);
-      return;
-    }
+    if (stop) return finish();
     try {
-      stop = await startCapture();
+      stop = await startCapture(model.get("max_seconds"), finish);
       button.textContent = "Stop";
-      status.textContent = "recording…";
+      status.textContent = `recording… (at most ${model.get("max_seconds")} s)`;
     } catch (error) {
       status.textContent = `microphone unavailable: ${error.message}`;
     }
@@ -138,12 +146,15 @@ class Recorder(anywidget.AnyWidget):
 
     ``wave()`` gives the last recording (float32 ``(N,)`` at 16 kHz, or None); ``on_recorded(callback)``
     calls ``callback(wave)`` after each one. ``status`` is the line shown beside the button (the
-    duration, or why a recording was refused).
+    duration, or why a recording was refused); a recording stops by itself after ``max_seconds``.
     """
 
     _esm = _ESM
     _css = _CSS
     status = traitlets.Unicode("").tag(sync=True)
+    # The browser stops by itself here: 30 s is the mini world's longest input (Whisper's window), and at
+    # 48 kHz float32 it is 5.8 MB, inside the 10 MiB that one Jupyter websocket message may carry.
+    max_seconds = traitlets.Float(MAX_RECORD_S).tag(sync=True)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

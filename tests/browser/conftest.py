@@ -1,8 +1,7 @@
-"""Fixtures of the browser tests: Chromium (skip when none is installed), one JupyterLab per module serving
-copies of the notebooks, one Chromium per module with the fake microphone, a page per test, screenshots."""
+"""Fixtures of the browser tests: Chromium (skip when none is installed), one JupyterLab per session serving
+copies of the notebooks, one Chromium per session with the fake microphone, a page per test, screenshots."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,7 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def jupyterlab(chromium, tmp_path_factory):
     """A JupyterLab serving a temporary folder laid out like the repository: ``notebooks/`` holds copies of
     the numbered notebooks (tests may edit or add notebooks there), ``data`` links to the repository's."""
@@ -34,7 +33,7 @@ def jupyterlab(chromium, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(chromium):
     """Headless Chromium with the issue's flags and a fake microphone playing ``data/samples/hello.wav``."""
     from playwright.sync_api import sync_playwright
@@ -51,16 +50,7 @@ def screenshot(request, tmp_path):
     """``screenshot(page, name)`` saves a full-page PNG twice: under this test's pytest tmp folder
     (``screenshots/NAME.png``) and under ``runs/browser-artifacts/TEST/NAME.png`` in the repository."""
     folders = [tmp_path / "screenshots", ARTIFACTS / request.node.name.replace("/", "_")]
-
-    def shoot(page, name: str) -> list[Path]:
-        png = page.screenshot(full_page=True)
-        paths = [folder / f"{name}.png" for folder in folders]
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(png)
-        return paths
-
-    return shoot
+    return lambda page, name: lab.save_screenshot(page, folders, name)
 
 
 @pytest.fixture

@@ -159,8 +159,9 @@ def wait_idle(page, timeout_s: float) -> None:
 
 
 def open_notebook(page, lab: Lab, name: str, timeout_s: float = 120) -> None:
-    """Open ``name`` (relative to the lab's root) and wait for its kernel to be idle."""
-    page.goto(f"{lab.url}/lab/tree/{name}")
+    """Open ``name`` (relative to the lab's root) alone (``?reset``: no tab of an earlier test comes back) and
+    wait for its kernel to be idle."""
+    page.goto(f"{lab.url}/lab/tree/{name}?reset")
     page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=timeout_s * 1000)
     wait_idle(page, timeout_s)
 
@@ -182,6 +183,16 @@ def run_cell(page, index: int, timeout_s: float = 60) -> None:
     page.keyboard.press("Shift+Enter")
     page.wait_for_function(_PROMPT_RAN, arg=[index, before], timeout=timeout_s * 1000, polling=250)
     wait_idle(page, timeout_s)
+
+
+def save_screenshot(page, folders: list[Path], name: str) -> list[Path]:
+    """Save a full-page PNG of ``page`` as ``NAME.png`` in each of ``folders`` (made when missing)."""
+    png = page.screenshot(full_page=True)
+    paths = [Path(folder) / f"{name}.png" for folder in folders]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+    return paths
 
 
 def record(page, seconds: float, screenshot=None) -> None:

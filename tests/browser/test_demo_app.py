@@ -12,6 +12,7 @@ import re
 import pytest
 
 from tests.browser import lab
+from tests.browser.conftest import ARTIFACTS
 
 NOTEBOOK = "11_interactive_demo.ipynb"
 pytestmark = [pytest.mark.browser,
@@ -29,18 +30,31 @@ _FRESH_REPLY = """() => {
 
 
 @pytest.fixture(scope="module")
-def demo_page(jupyterlab, browser, smoke_corpus, tmp_path_factory):
-    """Notebook 11 opened and run to the end on the smoke preset, its app idle: one page for the module."""
+def demo_tab(jupyterlab, browser, smoke_corpus, tmp_path_factory):
+    """Notebook 11 opened and run to the end on the smoke preset, its app idle: one page for the module (a
+    failure to get there leaves ``runs/browser-artifacts/notebook-11/run-all-failed.png``)."""
     lab.set_parameters(jupyterlab.root / "notebooks" / NOTEBOOK,
                        {"PRESET": "smoke", "RUN_DIR": str(tmp_path_factory.mktemp("demo-run")),
                         "CORPUS": str(smoke_corpus)})
     context = browser.new_context(viewport={"width": 1400, "height": 1600}, permissions=["microphone"])
     page = context.new_page()
-    lab.open_notebook(page, jupyterlab, f"notebooks/{NOTEBOOK}")
-    lab.run_all_cells(page, timeout_s=RUN_ALL_S)
-    page.locator(".echat-run").wait_for(state="visible")
+    try:
+        lab.open_notebook(page, jupyterlab, f"notebooks/{NOTEBOOK}")
+        lab.run_all_cells(page, timeout_s=RUN_ALL_S)
+        page.locator(".echat-run").wait_for(state="visible")
+    except Exception:
+        lab.save_screenshot(page, [ARTIFACTS / "notebook-11"], "run-all-failed")
+        context.close()
+        raise
     yield page
     context.close()
+
+
+@pytest.fixture
+def demo_page(demo_tab, screenshot):
+    """The module's notebook-11 page; its state after each test is saved as ``final.png``, pass or fail."""
+    yield demo_tab
+    screenshot(demo_tab, "final")
 
 
 def run_and_wait_for_reply(page) -> None:
