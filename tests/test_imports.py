@@ -21,6 +21,7 @@ LAYERS = (
     ("echat.token2wav",),
     ("echat.train", "echat.eval"),
     ("echat.workbench",),
+    ("echat.app",),
     ("echat.cli", "echat.__main__", "echat"),
 )
 # ``echat --help`` answers before torch is imported: each subcommand imports its module when it runs.
