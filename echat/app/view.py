@@ -280,7 +280,7 @@ class App:
                 panel.push(event.text)
             if event.kind in counts:
                 counts[event.kind] += 1 if event.kind == "text" else len(event.tokens)
-                self.status.value = f"{label}generating… {counts['text']} text pieces, {counts['speech']} speech tokens"
+                self.status.value = f"{label}generating… {counts['text']} text pieces, {counts['speech']} speech codes"
         return on_event
 
     def _model_b(self):
@@ -329,9 +329,10 @@ class App:
         for side in self.sides.values():
             side.clear()
         model_b = self._model_b()
+        streams = {name: self._streamer(side, f"{name}: ") for name, side in self.sides.items()}
         runs = self.controller.compare(self.clip(), self.text.value, self.settings(),
                                        self.settings(think=self.think_b.value), model_b=model_b,
-                                       on_event=lambda name, event: self._streamer(self.sides[name], name)(event))
+                                       on_event=lambda name, event: streams[name](event))
         for name, run in zip(self.sides, runs):
             self.sides[name].show(run, run.model.config.text.prompt_set)
         self.status.value = f"A {runs[0].wall_s:.2f} s · B {runs[1].wall_s:.2f} s"

@@ -29,7 +29,6 @@ class _StandInRecorder:
         import ipywidgets
 
         box = ipywidgets.HTML("Record")
-        box.add_class("echat-record")
         box._callbacks, box._wave = [], None
         box.wave = lambda: box._wave
         box.on_recorded = box._callbacks.append
