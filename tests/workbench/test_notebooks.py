@@ -10,8 +10,9 @@ NOTEBOOKS = runner.numbered_notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
 # The training-stage notebooks find or train their stage in RUN_DIR: in this module they share one run
 # folder, in order (each trains only its own stage), and the session's smoke corpus (CORPUS); they
-# evaluate and show one item per test subset (the smoke model's garbage speech is slow to transcribe).
-STAGE_NOTEBOOKS = ("04", "05", "06", "07")
+# evaluate and show one item per test subset (the smoke model's garbage speech is slow to transcribe). Notebook 11
+# (the app) talks to notebook 07's two empathy runs.
+STAGE_NOTEBOOKS = ("04", "05", "06", "07", "11")
 STAGE_PARAMETERS = {"LIMIT": 1, "EXAMPLES": 1}
 
 
