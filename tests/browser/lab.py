@@ -152,6 +152,13 @@ _PROMPT_RAN = """([index, before]) => {
 }"""
 
 
+_FRESH_REPLY = """() => {
+  const audio = document.querySelector('.echat-reply-audio audio:not([data-stale])');
+  const src = audio ? audio.getAttribute('src') || '' : '';
+  return src.startsWith('data:audio/wav;base64,') && src.length > 'data:audio/wav;base64,'.length;
+}"""
+
+
 def wait_idle(page, timeout_s: float) -> None:
     """Wait until the status bar says the kernel is idle."""
     page.locator(".jp-StatusBar-Widget").get_by_text(IDLE, exact=True).wait_for(state="visible",
@@ -182,6 +189,16 @@ def run_cell(page, index: int, timeout_s: float = 60) -> None:
     prompt.click()
     page.keyboard.press("Shift+Enter")
     page.wait_for_function(_PROMPT_RAN, arg=[index, before], timeout=timeout_s * 1000, polling=250)
+    wait_idle(page, timeout_s)
+
+
+def run_and_wait_for_reply(page, timeout_s: float) -> None:
+    """Press the app's Run (``echat-run``) and wait for a reply audio that was not there before (earlier replies
+    are marked stale), then for the kernel to be idle."""
+    page.evaluate("() => document.querySelectorAll('.echat-reply-audio audio')"
+                  ".forEach((a) => { a.dataset.stale = '1'; })")
+    page.locator(".echat-run").click()
+    page.wait_for_function(_FRESH_REPLY, timeout=timeout_s * 1000, polling=500)
     wait_idle(page, timeout_s)
 
 

@@ -22,11 +22,6 @@ RUN_ALL_S = 900  # corpus reused; the smoke recipe trained in the run folder
 REPLY_S = 180
 RECORD_S = 2.0
 DURATION = re.compile(r"(\d+\.\d\d) s")
-_FRESH_REPLY = """() => {
-  const audio = document.querySelector('.echat-reply-audio audio:not([data-stale])');
-  const src = audio ? audio.getAttribute('src') || '' : '';
-  return src.startsWith('data:audio/wav;base64,') && src.length > 'data:audio/wav;base64,'.length;
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +52,6 @@ def demo_page(demo_tab, screenshot):
     screenshot(demo_tab, "final")
 
 
-def run_and_wait_for_reply(page) -> None:
-    """Press Run and wait for a reply audio that was not there before (earlier replies are marked stale)."""
-    page.evaluate("() => document.querySelectorAll('.echat-reply-audio audio')"
-                  ".forEach((a) => { a.dataset.stale = '1'; })")
-    page.locator(".echat-run").click()
-    page.wait_for_function(_FRESH_REPLY, timeout=REPLY_S * 1000, polling=500)
-    lab.wait_idle(page, REPLY_S)
-
-
 def assert_a_full_reply(page) -> None:
     """The think block and the reply text have text, the reply audio a data URL, and no error line shows."""
     assert page.locator(".echat-think").inner_text().strip(), "empty think block"
@@ -80,7 +66,7 @@ def test_a_picked_sample_gets_a_think_a_reply_and_audio(demo_page, screenshot):
     picker = page.locator(".echat-sample select")
     picker.select_option(index=min(1, picker.locator("option").count() - 1))
     screenshot(page, "sample-picked")
-    run_and_wait_for_reply(page)
+    lab.run_and_wait_for_reply(page, REPLY_S)
     screenshot(page, "sample-replied")
     assert_a_full_reply(page)
     assert DURATION.search(page.locator(".echat-input-info").inner_text())
@@ -96,6 +82,6 @@ def test_a_recording_from_the_fake_microphone_reaches_the_model(demo_page, scree
                            timeout=20_000)
     seconds = float(DURATION.search(info.inner_text()).group(1))
     assert 0.5 < seconds < 4 * RECORD_S, info.inner_text()
-    run_and_wait_for_reply(page)
+    lab.run_and_wait_for_reply(page, REPLY_S)
     screenshot(page, "microphone-replied")
     assert_a_full_reply(page)
