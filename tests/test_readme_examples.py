@@ -80,11 +80,21 @@ def first_run(tmp_path_factory) -> Path:
     return folder
 
 
-def test_the_shell_lines_write_the_run_folders_the_python_example_names(first_run):
-    named = set(re.findall(r'"(runs/[^"]+)"', README))
-    assert named, "README's Python example names no run folder"
+def test_the_shell_lines_write_the_run_folders_the_python_examples_name(first_run):
+    named = {path for block in blocks("python") for path in re.findall(r'"(runs/quick/[^"]+)"', block)}
+    assert named, "README's Python examples name no folder of the quick start"
     for path in named:
-        assert (first_run / path / "model.safetensors").is_file(), f"README names {path}; the commands did not write it"
+        folder = first_run / path
+        written = [folder / "model.safetensors", folder / "final" / "model.safetensors", folder / "corpus.json"]
+        assert any(f.is_file() for f in written), f"README names {path}; the commands did not write that run or corpus"
+
+
+def test_the_app_example_builds_the_app_from_the_quick_start(first_run):
+    block = next(b for b in blocks("python") if "echat.app.show" in b)
+    done = run_python(block + "assert app.widget is not None and app.controller.model is not None\nprint('app')\n",
+                      first_run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("app")
 
 
 def test_the_python_example_runs_in_seconds_on_the_mini_preset(first_run):

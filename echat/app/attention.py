@@ -143,30 +143,44 @@ def audio_attention(model, audio, text_ids: list[int], task: str, text: str | No
 
 def attention_figure(amap: AttentionMap, layer: int | None = None, title: str = ""):
     """The clip's log-mel above the answer tokens' attention over the same time axis (80 ms columns), with
-    the positions that have no time (cue fields, end, blank) in a narrow panel beside it. Returns a
-    matplotlib ``Figure`` (no pyplot state is touched)."""
+    the positions that have no time in a narrow panel beside it: each cue field and the end by name, the
+    blank positions as one column (their sum). Returns a matplotlib ``Figure`` (no pyplot state is touched)."""
     from matplotlib.figure import Figure
 
     rows, timed = amap.layer(layer), amap.over_time(layer)
-    named = [i for i, b in enumerate(amap.blocks) if b]
+    side_rows, side_names = _untimed_columns(amap, rows)
     height = 2.0 + 0.12 * min(len(amap.tokens), MAX_LABELS)
     fig = Figure(figsize=(10, height + 1.6), layout="constrained")
-    grid = fig.add_gridspec(2, 2, height_ratios=(1.6, height), width_ratios=(12, max(len(named), 1)))
+    grid = fig.add_gridspec(2, 2, height_ratios=(1.6, height), width_ratios=(12, max(1.5, 0.4 * len(side_names))))
     mel = fig.add_subplot(grid[0, 0])
     mel.imshow(amap.feats.T, origin="lower", aspect="auto", cmap="magma")
     mel.set(ylabel="mel bin", title=title or f"attention onto the audio, {_layer_name(layer)}")
     heat = fig.add_subplot(grid[1, 0], sharex=mel)
-    image = heat.imshow(timed, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
+    top = max(float(timed.max()), float(side_rows.max()) if side_names else 0.0, 1e-9)
+    image = heat.imshow(timed, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=top)
     heat.set(xlabel="log-mel frame (10 ms)", ylabel="answer token")
     _token_axis(heat, amap.tokens)
-    if named:
+    panels = [mel, heat]
+    if side_names:
         side = fig.add_subplot(grid[1, 1], sharey=heat)
-        side.imshow(rows[:, named], aspect="auto", cmap="viridis", interpolation="nearest",
-                    vmin=0, vmax=max(float(timed.max()), 1e-9))
-        side.set_xticks(range(len(named)), [amap.blocks[i] for i in named], rotation=90)
+        side.imshow(side_rows, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=top)
+        side.set_xticks(range(len(side_names)), side_names, rotation=90)
         side.tick_params(labelleft=False)
-    fig.colorbar(image, ax=[mel, heat], label="attention (head mean)")
+        panels.append(side)
+    fig.colorbar(image, ax=panels, label="attention (head mean)", shrink=0.6)
     return fig
+
+
+def _untimed_columns(amap: AttentionMap, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The attention (answer tokens, columns) onto the positions without a time: one column per cue field and
+    the end, then the blank positions summed into one; and the columns' names."""
+    named = [i for i, block in enumerate(amap.blocks) if block and block != BLANK]
+    blank = [i for i, block in enumerate(amap.blocks) if block == BLANK]
+    columns, names = [rows[:, named]], [amap.blocks[i] for i in named]
+    if blank:
+        columns.append(rows[:, blank].sum(1, keepdims=True))
+        names.append(f"{BLANK} x{len(blank)}")
+    return np.concatenate(columns, axis=1), names
 
 
 def _layer_name(layer: int | None) -> str:

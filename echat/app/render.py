@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+import textwrap
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from echat.tokens import THINK_CLOSE, THINK_OPEN
 FIELD_COLOURS = {"transcript": "#e3f2fd", "age": "#fff3e0", "gender": "#f3e5f5", "emotion": "#ffebee",
                  "event": "#e8f5e9", "reply_emotion": "#fffde7"}
 PNG_DPI = 80
+TITLE_CHARS = 110  # a clip picture's title is shortened to this many characters (it spans the figure)
 
 
 def split_streamed(raw: str) -> tuple[str | None, str]:
@@ -83,7 +85,8 @@ def clip_figure(wave: np.ndarray, title: str = ""):
     fig = Figure(figsize=(10, 2.8), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(np.arange(wave.shape[0]) / SAMPLE_RATE_HZ, wave, linewidth=0.5)
-    top.set(ylabel="wave", title=title)
+    top.set(ylabel="wave")
+    top.set_title(textwrap.shorten(title, TITLE_CHARS, placeholder=" …"), fontsize=9)
     extent = (0, feats.shape[0] / FRAME_RATE_HZ, 0, feats.shape[1])
     bottom.imshow(feats.T, origin="lower", aspect="auto", cmap="magma", extent=extent)
     bottom.set(xlabel="time (s)", ylabel="mel bin")

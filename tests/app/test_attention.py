@@ -75,3 +75,6 @@ def test_the_picture_draws_over_the_log_mel(packing, hello):
     assert (amap.weights.sum(-1) <= 1 + 1e-5).all()
     fig = attention_figure(amap, layer=1)
     assert len(fig.axes) == 4  # log-mel, heat over time, named positions, colour bar
+    side = [t.get_text() for t in fig.axes[2].get_xticklabels()]
+    blanks = amap.blocks.count(BLANK)
+    assert side == [b for b in amap.blocks if b and b != BLANK] + ([f"{BLANK} x{blanks}"] if blanks else [])
