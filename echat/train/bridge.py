@@ -52,6 +52,7 @@ SHUFFLED = "~shuffled"  # key suffix of a record made by shuffled_words
 RANDOM = "~random"  # key suffix of a record made by random_words
 RANDOM_TAGS = "~tags"  # key suffix of a record made by random_cues
 TAGGED = "~tagged"  # key suffix of a record made by tagged_words
+DRILL = "~drill"  # key suffix of a record made by drilled_think: the LLM reads it from exact frames
 
 
 @dataclass
@@ -130,6 +131,20 @@ def shuffled_words(record: Record, rng: random.Random) -> Record:
     shuffled = " ".join(words)
     return dataclasses.replace(record, key=f"{record.key}{SHUFFLED}", txt=shuffled + record.txt[len(spoken):],
                                extra={**record.extra, "q_txt": shuffled})
+
+
+def drilled_think(record: Record, rng: random.Random) -> Record:
+    """A think record with the words of its spoken transcript (``extra.q_txt``) in a random order, under the
+    key ``<key>~drill``: the think's transcript follows, its reply does not (the same words, the same reply);
+    the audio is not touched, a :class:`BridgedModel` gives the LLM the record's exact token frames.
+
+    Why: on unseen sentences the think's copy leaves the transcript for the training sentences' words
+    (docs/hearing.md §17, §19); a shuffled transcript is predicted by nothing but the frames."""
+    words = (record.extra.get("q_txt") or "").split()
+    if len(words) < 2:
+        return record
+    rng.shuffle(words)
+    return dataclasses.replace(record, key=f"{record.key}{DRILL}", extra={**record.extra, "q_txt": " ".join(words)})
 
 
 def random_words(record: Record, rng: random.Random, words: list[str]) -> Record:
@@ -348,11 +363,15 @@ class BridgedModel(nn.Module):
             return self.echat(batch, clips=dictation_for(self.echat, batch.feat_lengths, targets))
         enc = self.echat.run_encoder(batch.feats, batch.feat_lengths)
         clips = self.echat.adapt(enc, batch.pack_layouts, batch.feats, batch.feat_lengths)
+        clips = self._with_drills(clips, batch, targets)
         if bridge_only:
             zero = torch.zeros((), device=batch.feats.device)
             out = EChatOutput(zero, zero, zero, 0, 0, 0, 0, audio=clips)
         else:
             out = self.echat(batch, clips=clips)
+        if not self.weight:
+            out.aux = {}
+            return out
         out.aux = {"char_ctc": self.heads.char_ctc_loss(enc.hidden, enc.lengths, targets.chars, targets.char_lengths),
                    **self.heads.cue_losses(enc.hidden, enc.lengths, targets.cues)}
         if self.token_ctc and clips.token_logits is not None:  # a token-mix adapter's own mixing weights
@@ -365,3 +384,15 @@ class BridgedModel(nn.Module):
                                                        targets.token_lengths)
         out.loss = out.loss + self.weight * sum(out.aux.values())
         return out
+
+    def _with_drills(self, clips: AdapterOutput, batch, targets: BridgeTargets) -> AdapterOutput:
+        """``clips`` with the rows of drilled records (key suffix DRILL) replaced by their dictation frames."""
+        drilled = torch.tensor([key.endswith(DRILL) for key in batch.keys], device=clips.embeddings.device)
+        if not bool(drilled.any()):
+            return clips
+        exact = dictation_for(self.echat, batch.feat_lengths, targets).embeddings
+        if exact.shape != clips.embeddings.shape:
+            raise ValueError(f"dictation frames {tuple(exact.shape)} do not match the adapter's "
+                             f"{tuple(clips.embeddings.shape)} (batch {batch.keys[:3]})")
+        return clips._replace(embeddings=torch.where(drilled[:, None, None], exact.to(clips.embeddings.dtype),
+                                                     clips.embeddings))

@@ -82,6 +82,9 @@ class StageRecipe:
     # with dictation: the share of ASR records with random cue tags written into their transcript
     # (echat.train.bridge.tagged_words), so that the LLM copies tags as it copies words
     tagged_dictation: float = 0.0
+    # the share of think records (s2t_think, s2s_think) drawn as drills: their spoken words shuffled and read
+    # from exact token frames instead of the audio (echat.train.bridge.drilled_think)
+    think_drills: float = 0.0
     epoch_size: int = 512  # records drawn per epoch (then batched)
     # steps between the dev evaluations that watch the stage (dev loss, two greedy decodes and in stages 0-1
     # the hearing figures); they change no weight and no random draw, only the time; 0 = none
@@ -191,7 +194,7 @@ def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
                                       steps(1400)),),
                     _SPEECH_AND_LLM,
-                    lr=5e-4, think=think),
+                    lr=5e-4, think=think, think_drills=0.2),
     )
 
 

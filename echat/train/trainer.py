@@ -50,6 +50,7 @@ from echat.train.bridge import (
     BridgedModel,
     bridge_targets,
     corpus_words,
+    drilled_think,
     random_cues,
     random_words,
     shuffled_words,
@@ -58,7 +59,7 @@ from echat.train.bridge import (
 )
 from echat.train.plots import plot_hearing_history, plot_history
 from echat.train.ranks import BARRIER_TIMEOUT_ENV, RankBarrier, barrier_timeout
-from echat.train.recipes import RecordPool, StageRecipe, mix_records
+from echat.train.recipes import RecordPool, StageRecipe, family, mix_records
 from echat.train.stages import set_trainable
 
 # The dev loss reads the first this-many dev records of each task family of the stage: on EChat-mini all of them
@@ -113,6 +114,9 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
+THINK_FAMILIES = ("s2t_think", "s2s_think")  # the families a think drill is drawn from
+
+
 class Trainer:
     """Runs one :class:`StageRecipe` on a model and a list of training samples."""
 
@@ -143,7 +147,7 @@ class Trainer:
         if not dict(recipe.module_lr).get("encoder"):  # a frozen encoder: each clip is encoded once
             model.encoder_cache = encoder_cache or EncoderCache()
         self.hearing_clips = distinct_clips(dev or [])[:16]  # stages 0-1 log whether the LLM copies / hears them
-        if recipe.bridge or recipe.dictation:
+        if recipe.bridge or recipe.dictation or recipe.think_drills:
             model = self.model = BridgedModel(model, recipe.bridge, recipe.token_ctc, recipe.dictation)
         self.optimizer = build_optimizer(self.bare_model(model), recipe, self.config,
                                          model.heads if recipe.bridge else None)
@@ -179,6 +183,9 @@ class Trainer:
             drill = random_cues(drill, rng)
         if record.wav and self.recipe.tagged_dictation and rng.random() < self.recipe.tagged_dictation:
             drill = tagged_words(drill, rng)
+        if (self.recipe.think_drills and family(record) in THINK_FAMILIES
+                and rng.random() < self.recipe.think_drills):
+            drill = drilled_think(drill, rng)
         if drill is record:
             return record
         base = self.audio[record.key]
@@ -191,7 +198,7 @@ class Trainer:
         rng = random.Random(self.config.train.seed * 7919 + epoch)
         records = mix_records(self.pool.by_family, phase, self.recipe.epoch_size, rng)
         if (self.recipe.shuffled_dictation or self.recipe.random_dictation or self.recipe.random_tags
-                or self.recipe.tagged_dictation):
+                or self.recipe.tagged_dictation or self.recipe.think_drills):
             records = [self._drill(r, rng) for r in records]
         batches = list(self.pipeline.batches(self._samples(records), epoch, phase.batch_scale))
         world, rank = self.acc.num_processes, self.acc.process_index
@@ -280,7 +287,7 @@ class Trainer:
 
     def _aux_targets(self, batch) -> tuple:
         """The bridge targets of ``batch`` as extra forward arguments (none without a bridge)."""
-        if not (self.recipe.bridge or self.recipe.dictation):
+        if not (self.recipe.bridge or self.recipe.dictation or self.recipe.think_drills):
             return ()
         if not batch.feats.shape[0]:  # text-only rows (stage 0's language modelling): nothing to bridge
             return None, False
