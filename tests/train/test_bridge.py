@@ -242,3 +242,44 @@ def test_the_mini_pack_starts_with_the_answer_so_that_copying_answers(smoke_corp
         ids = model.tokenizer(answer + IM_END, add_special_tokens=False)["input_ids"]
         assert targets.tokens[:len(ids)].tolist() == ids, (task, answer)
         assert int(targets.unspelled.sum()) == len(CUE_FIELDS) + 1  # the tags and the end are not spelled
+
+
+def test_a_think_drill_shuffles_the_spoken_words_and_keeps_the_reply(smoke_corpus):
+    import random
+
+    from echat.train.bridge import DRILL, drilled_think
+
+    model = _model("smoke", smoke_corpus, None)
+    think = next(s.record for s in load_split(smoke_corpus, "train", model.config) if family(s.record) == "s2t_think"
+                 and len(s.record.extra["q_txt"].split()) > 3)
+    drill = drilled_think(think, random.Random(0))
+    assert drill.key == think.key + DRILL and drill.wav == think.wav and drill.txt == think.txt
+    assert sorted(drill.extra["q_txt"].split()) == sorted(think.extra["q_txt"].split())
+    assert drill.extra["q_txt"] != think.extra["q_txt"]
+    one_word = dataclasses.replace(think, extra={**think.extra, "q_txt": "hello"})
+    assert drilled_think(one_word, random.Random(0)) is one_word
+
+
+def test_drilled_rows_read_their_exact_frames_and_the_others_the_audio(asr_samples, smoke_corpus):
+    from echat.data.pipeline import DataPipeline
+    from echat.train.bridge import DRILL, dictation_for
+
+    shared, samples = asr_samples
+    model = _model("smoke", smoke_corpus, None).eval()  # no dropout: the frames of two calls can be compared
+    assert model.config == shared.config
+    pipe = DataPipeline(model.config, model.tokenizer, train=False)
+    batch = next(iter(pipe.batches(samples[:4])))
+    records = {s.record.key: s.record for s in samples}
+    targets = bridge_targets([records[k] for k in batch.keys], model.tokenizer, batch.pack_layouts)
+    assert len(batch.keys) > 1
+    batch = dataclasses.replace(batch, keys=[batch.keys[0] + DRILL, *batch.keys[1:]])
+    bridged = BridgedModel(model, weight=0.0)
+    enc = model.run_encoder(batch.feats, batch.feat_lengths)
+    heard = model.adapt(enc, batch.pack_layouts, batch.feats, batch.feat_lengths)
+    torch.manual_seed(0)  # the smoke adapter's dictation spreads the tokens at random
+    mixed = bridged._with_drills(heard, batch, targets)
+    torch.manual_seed(0)
+    exact = dictation_for(model, batch.feat_lengths, targets)
+    assert torch.equal(mixed.embeddings[0], exact.embeddings[0])
+    assert torch.equal(mixed.embeddings[1:], heard.embeddings[1:])
+    assert not torch.equal(exact.embeddings[0], heard.embeddings[0])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from echat.data.pipeline import load_split
-from echat.train.recipes import stage
+from echat.train.recipes import family, stage
 from echat.train.run import _model
 from echat.train.trainer import Trainer, TrainingError, latest_checkpoint
 
@@ -237,3 +237,22 @@ def test_resuming_from_a_damaged_trainer_state_is_one_line_without_torchs_advice
     with pytest.raises(CheckpointError, match="trainer_state.pt: not a") as caught:
         _trainer(smoke_corpus, tmp_path, steps=2).resume()
     assert "weights_only" not in str(caught.value)
+
+
+def test_think_drills_are_drawn_from_think_records_only_and_read_from_exact_frames(smoke_corpus, tmp_path):
+    import dataclasses
+
+    from echat.train.bridge import DRILL, BridgedModel
+
+    model = _model("smoke", smoke_corpus, None)
+    samples = load_split(smoke_corpus, "train", model.config)
+    recipe = dataclasses.replace(stage("smoke", "empathy"), think_drills=1.0)
+    trainer = Trainer(model, recipe, samples, tmp_path / "run", progress=False, eval_every=0, save_every=0)
+    assert isinstance(trainer.acc.unwrap_model(trainer.model), BridgedModel)
+    drawn = [k for b in trainer.epoch_batches(0, 0) for k in b.keys]
+    drills = [k for k in drawn if k.endswith(DRILL)]
+    assert drills and all(family(trainer.audio[k].record) in ("s2t_think", "s2s_think") for k in drills)
+    assert not [k for k in drawn if not k.endswith(DRILL) and family(trainer.audio[k].record) in
+                ("s2t_think", "s2s_think") and len(trainer.audio[k].record.extra["q_txt"].split()) > 1]
+    trainer.fit(until=2)
+    assert trainer.state.step == 2
