@@ -190,7 +190,10 @@ def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
         # 0.83-0.93 and the reply emotion was 0.78-0.88, at 1,200 0.90-0.98 and 0.83-0.93, at 1,400
         # 0.90-1.00 and 0.85-0.98 (E110, from the same stage-2 checkpoints). Its learning rate was measured
         # both ways on seed 0: at 1e-3 the think parsed on 0.18-0.30, with the rate falling to zero (cosine) on
-        # 0.75-0.80 (E97, E98).
+        # 0.75-0.80 (E97, E98). A fifth of its think records are drills (think_drills): the spoken words shuffled
+        # and read from exact frames, so that the think's format does not hang on a memorised sentence. From the
+        # same stage-2 checkpoints, one thread: think parse 1.000 / 0.925 -> 1.000 / 1.000 (seed 0) and 0.975 /
+        # 0.900 -> 0.975 / 0.975 (seed 1), every unseen field up 7.5-12.5 points; at 0.4 worse on both (E119).
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
                                       steps(1400)),),
                     _SPEECH_AND_LLM,
