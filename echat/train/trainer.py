@@ -171,8 +171,10 @@ class Trainer:
         corpus words (:func:`~echat.train.bridge.random_words`) or its own words shuffled
         (:func:`~echat.train.bridge.shuffled_words`), with the odds of ``random_tags`` its cue labels
         drawn at random (:func:`~echat.train.bridge.random_cues`) and with the odds of ``tagged_dictation``
-        random tags written into an ASR transcript (:func:`~echat.train.bridge.tagged_words`), registered with
-        the record's audio so that batches and bridge targets find it by its key; otherwise the record itself."""
+        random tags written into an ASR transcript (:func:`~echat.train.bridge.tagged_words`), and with the odds
+        of ``think_drills`` a think record's spoken words shuffled (:func:`~echat.train.bridge.drilled_think`),
+        registered with the record's audio so that batches and bridge targets find it by its key; otherwise the
+        record itself."""
         drill = record
         draw = rng.random() if record.wav else 1.0
         if draw < self.recipe.random_dictation:
