@@ -195,7 +195,7 @@ def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
         # same stage-2 checkpoints, one thread: think parse 1.000 / 0.925 -> 1.000 / 1.000 (seed 0) and 0.975 /
         # 0.900 -> 0.975 / 0.975 (seed 1), every unseen field up 7.5-12.5 points; at 0.4 worse on both (E119).
         # On two threads (seed 1's whole run) the parse 0.925 / 0.925 -> 0.950 / 0.950 and the fields moved up
-        # to 7.5 points either way (E122).
+        # to 7.5 points either way (E122); on all 160 dialogues that run's think emotion fell 7.5 / 11.8 (E124).
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
                                       steps(1400)),),
                     _SPEECH_AND_LLM,
