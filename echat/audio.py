@@ -89,6 +89,15 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data, dtype=np.float32), int(rate)
 
 
+def resample(wave: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """A mono wave ``(N,)`` at ``rate`` Hz as float32 at ``sample_rate`` Hz (librosa's soxr; unchanged when
+    the rates agree)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if int(rate) == sample_rate:
+        return wave
+    return librosa.resample(wave, orig_sr=int(rate), target_sr=sample_rate, res_type=RESAMPLE_TYPE)
+
+
 def load_audio(
     path: PathType,
     sample_rate: int = SAMPLE_RATE_HZ,
@@ -114,9 +123,7 @@ def load_audio(
     duration_s = data.shape[0] / rate
     if max_seconds is not None and duration_s > max_seconds:
         raise AudioError(path, f"too long: {duration_s:.2f} s > max_seconds={max_seconds} s")
-    wave = data.mean(axis=1, dtype=np.float32)  # (N,) mono by channel mean
-    if rate != sample_rate:
-        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type=RESAMPLE_TYPE)
+    wave = resample(data.mean(axis=1, dtype=np.float32), rate, sample_rate)  # (N,) mono by channel mean
     if wave.shape[0] < min_samples:
         raise AudioError(
             path, f"too short: {wave.shape[0]} samples at {sample_rate} Hz < min_samples={min_samples}"

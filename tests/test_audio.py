@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 
 from echat import audio
-from echat.audio import AudioError, load_audio, log_mel, log_mel_batch, num_frames
+from echat.audio import AudioError, load_audio, log_mel, log_mel_batch, num_frames, resample
 from echat.config import AudioConfig
 
 RATE_HZ = 16_000
@@ -324,3 +324,13 @@ def test_error_too_long(tmp_path):
     sf.write(path, vowel(2.0), RATE_HZ)
     assert "too long" in str(_assert_audio_error(path, max_seconds=1.5))
     assert len(load_audio(path, max_seconds=2.0)) == 2 * RATE_HZ
+
+
+def test_resample_keeps_a_16_khz_wave_and_brings_48_khz_to_16():
+    same = np.linspace(-0.5, 0.5, 1600, dtype=np.float32)
+    assert np.array_equal(resample(same, 16_000), same)
+    tone = np.sin(2 * np.pi * 440 * np.arange(48_000) / 48_000).astype(np.float32)  # 1 s at 48 kHz
+    down = resample(tone, 48_000)
+    assert down.dtype == np.float32 and down.shape == (16_000,)
+    expected = np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)
+    assert np.abs(down[1000:-1000] - expected[1000:-1000]).max() < 0.01

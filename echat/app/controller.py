@@ -167,17 +167,15 @@ class Controller:
         def side(name: str) -> EventCallback | None:
             return None if on_event is None else (lambda event: on_event(name, event))
 
-        return (self.run(clip, text, a, side("A")),
-                self.run(clip, text, b, side("B"), model=model_b or self.model))
+        return self.run(clip, text, a, side("A")), self.run(clip, text, b, side("B"), model=model_b)
 
     def say(self, clip: Clip | None, settings: Settings, on_event: EventCallback | None = None,
             interrupt: threading.Event | None = None) -> RunResult:
         """One chat turn: reply to ``clip`` given the history, then remember the turn."""
         if output_type(task_tag(settings.task, settings.think)) not in CHAT_KINDS:
             raise AppError("a chat turn needs a spoken chat task: S2T or S2S, with or without think")
-        history = tuple(self.chat.turns[-self.chat.max_turns:])
-        run = self.run(clip, "", settings, on_event, history, interrupt=interrupt)
-        self.chat.turns.append((clip.wave, run.result.text, run.result.speech_tokens))
+        run = self.run(clip, "", settings, on_event, self.chat.history(), interrupt=interrupt)
+        self.chat.remember(clip.wave, run.result)
         self.chat_runs.append(run)
         return run
 

@@ -24,11 +24,10 @@ import json
 from collections.abc import Callable
 
 import anywidget
-import librosa
 import numpy as np
 import traitlets
 
-from echat.audio import RESAMPLE_TYPE, SAMPLE_RATE_HZ
+from echat.audio import SAMPLE_RATE_HZ, resample
 
 # Bytes per sample of each PCM layout that receive() reads (little-endian, as the browser writes).
 SAMPLE_FORMATS = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
@@ -136,9 +135,7 @@ def pcm_to_wave(pcm_bytes: bytes, rate: int, sample_format: str = "float32") -> 
     wave = np.frombuffer(pcm_bytes, dtype=dtype).astype(np.float32)  # (N,) at rate
     if sample_format == "int16":
         wave /= INT16_FULL_SCALE
-    if int(rate) != SAMPLE_RATE_HZ:
-        wave = librosa.resample(wave, orig_sr=int(rate), target_sr=SAMPLE_RATE_HZ, res_type=RESAMPLE_TYPE)
-    return np.ascontiguousarray(wave, dtype=np.float32)
+    return np.ascontiguousarray(resample(wave, rate), dtype=np.float32)
 
 
 class Recorder(anywidget.AnyWidget):

@@ -102,6 +102,7 @@ class App:
         if unknown:
             raise AppError(f"unknown app sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
         self.controller, self.samples, self.model_b = controller, list(samples), model_b
+        self.path_b_loaded = ""  # the path model_b was loaded from in the app (empty: given, or none)
         self.clips: dict[str, Clip | None] = dict.fromkeys(SOURCES)
         self.last: RunResult | None = None
         self.attention_map = None
@@ -209,8 +210,9 @@ class App:
     # -- inputs --------------------------------------------------------------------------------
     def _refill_samples(self) -> None:
         wanted = {name: box.value for name, box in self.filters.items()}
-        kept = filter_samples(self.samples, **wanted)
-        options = [(f"{r.key} · {r.extra.get('q_txt', '')}"[:90], i) for i, r in enumerate(self.samples) if r in kept]
+        kept = {r.key for r in filter_samples(self.samples, **wanted)}
+        options = [(f"{r.key} · {r.extra.get('q_txt', '')}"[:90], i) for i, r in enumerate(self.samples)
+                   if r.key in kept]
         self.sample.options = options
         self.sample.value = options[0][1] if options else None  # the first clip that matches
 
@@ -285,9 +287,9 @@ class App:
 
     def _model_b(self):
         path = self.path_b.value.strip()
-        if path and getattr(self, "_path_b_loaded", None) != path:
+        if path and self.path_b_loaded != path:
             self.status.value = f"loading B from {path}…"
-            self.model_b, self._path_b_loaded = self.controller.load(path), path
+            self.model_b, self.path_b_loaded = self.controller.load(path), path
         return self.model_b
 
     def run_now(self) -> None:

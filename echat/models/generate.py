@@ -379,12 +379,19 @@ class Conversation:
         self.model, self.think, self.max_turns, self.options = model, think, max_turns, options
         self.turns: list[tuple[np.ndarray, str, list[int]]] = []
 
-    def say(self, audio) -> GenerationResult:
-        """Reply to one user clip, then remember the turn (reply text without think, speech codes)."""
-        wave = _as_wave(audio)
-        result = generate(self.model, wave, think=self.think, options=self.options,
-                          history=tuple(self.turns[-self.max_turns:]))
+    def history(self) -> tuple:
+        """The turns the next reply reads: the last ``max_turns`` (clip, reply text, speech codes)."""
+        return tuple(self.turns[-self.max_turns:])
+
+    def remember(self, wave: np.ndarray, result: GenerationResult) -> None:
+        """Add a turn as training lays it out: the user's clip, the reply text without think, its speech codes."""
         self.turns.append((wave, result.text, result.speech_tokens))
+
+    def say(self, audio) -> GenerationResult:
+        """Reply to one user clip, then remember the turn."""
+        wave = _as_wave(audio)
+        result = generate(self.model, wave, think=self.think, options=self.options, history=self.history())
+        self.remember(wave, result)
         return result
 
     def reset(self) -> None:

@@ -47,6 +47,7 @@ from echat.models.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint, load
 from echat.models.encoder import EncoderCache
 from echat.models.generate import generate
 from echat.train.bridge import (
+    DRILL,
     BridgedModel,
     bridge_targets,
     corpus_words,
@@ -288,9 +289,10 @@ class Trainer:
         return record
 
     def _aux_targets(self, batch) -> tuple:
-        """The bridge targets of ``batch`` as extra forward arguments (none without a bridge)."""
-        if not (self.recipe.bridge or self.recipe.dictation or self.recipe.think_drills):
-            return ()
+        """The bridge targets of ``batch`` as extra forward arguments (none without a bridge, dictation or a
+        drilled row)."""
+        if not (self.recipe.bridge or self.recipe.dictation or any(k.endswith(DRILL) for k in batch.keys)):
+            return ()  # without drilled rows a drills-only stage reads the audio as any stage does
         if not batch.feats.shape[0]:  # text-only rows (stage 0's language modelling): nothing to bridge
             return None, False
         targets = bridge_targets([self.audio[k].record for k in batch.keys], self.tokenizer, batch.pack_layouts)
