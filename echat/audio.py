@@ -10,6 +10,14 @@ Design choices:
 - ``log_mel_batch`` (clips of different lengths) is the same formula made cheaper: |X|^2 as re^2 + im^2 summed
   inside the mel product, which reads only the FFT bins each group of filters weighs, written straight into
   the padded batch; about 2x faster than the per-utterance loop (``benchmarks/frontend.py``).
+- ``cosyvoice_mel`` is the other front-end: the 22.05 kHz mel of CosyVoice-300M-25Hz (the flow's prompt mel,
+  what HiFT vocodes), Matcha-TTS's ``mel_spectrogram`` as configured by CosyVoice's ``feat_extractor``
+  (``../shared/reference/cosyvoice_300m_25hz_hparams.md`` section 3: sources ``FunAudioLLM/CosyVoice@ace7c47``
+  ``examples/libritts/cosyvoice/conf/cosyvoice.yaml`` and ``ASLP-lab/OSUM@f2bcfac``
+  ``OSUM-EChat/tts/third_party/Matcha-TTS/matcha/utils/audio.py``): reflect pad (n_fft - hop) / 2 = 384
+  samples per side, uncentred torch STFT with a periodic Hann(1024), magnitude ``sqrt(re^2 + im^2 + 1e-9)``,
+  librosa's Slaney filterbank (0-8 kHz), natural log of ``clamp(x, 1e-5)``. ``frames = N // 256``. Unlike
+  ``log_mel`` it stays on the wave's device (the prompt mel of a GPU run is made on the GPU).
 """
 
 from __future__ import annotations
@@ -44,6 +52,17 @@ RESAMPLE_TYPE = "soxr_hq"  # librosa's soxr backend, high quality
 # log_mel_batch's mel product in 5 groups of 16 filters, each over its own bins only: of 1 to 10 groups
 # (and of groups cut by their bins' span) the fastest measured, 16 filling one 16-float vector
 MEL_GROUPS = 5
+
+# The CosyVoice-300M-25Hz front-end (cosyvoice_mel): 22.05 kHz, 80 mel bins, 256-sample hop (11.6 ms);
+# HiFT makes COSYVOICE_HOP_SAMPLES samples of wave per mel frame.
+COSYVOICE_RATE = 22050  # Hz
+COSYVOICE_N_FFT = 1024  # samples (46 ms), also the window length
+COSYVOICE_HOP_SAMPLES = 256
+COSYVOICE_N_MELS = 80
+COSYVOICE_FMAX_HZ = 8000.0  # the filterbank spans 0-8 kHz
+COSYVOICE_MAGNITUDE_EPS = 1e-9  # inside the square root of re^2 + im^2: a finite gradient at silence
+COSYVOICE_LOG_FLOOR = 1e-5  # mel magnitude clamp before the natural log
+_COSYVOICE_PAD = (COSYVOICE_N_FFT - COSYVOICE_HOP_SAMPLES) // 2  # 384 samples of reflection per side
 
 # torch.stft(center=True) reflect-pads n_fft // 2 samples per side; reflection needs more input.
 _MIN_STFT_SAMPLES = N_FFT_SAMPLES // 2 + 1
@@ -260,3 +279,45 @@ def log_mel_batch(waves: list[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor,
         _log_mel_into(wave, feats[index, :n_frames])
         feats[index, n_frames:] = 0.0
     return feats, lengths
+
+
+# ----------------------------------------------------------------------------------------------
+# The CosyVoice-300M-25Hz front-end (22.05 kHz)
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _cosyvoice_mel_filters() -> torch.Tensor:
+    """Slaney mel filterbank of the CosyVoice front-end, float32 ``(80, 513)``."""
+    filters = librosa.filters.mel(
+        sr=COSYVOICE_RATE, n_fft=COSYVOICE_N_FFT, n_mels=COSYVOICE_N_MELS, fmin=0.0, fmax=COSYVOICE_FMAX_HZ
+    )
+    return torch.from_numpy(np.asarray(filters, dtype=np.float32))
+
+
+def cosyvoice_mel(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """CosyVoice-300M-25Hz log-mel of a 22.05 kHz wave ``(N,)`` or batch ``(B, N)`` -> float32 ``(B, 80, N // 256)``.
+
+    A 1-D wave gives a batch of one. The result stays on the wave's device and keeps its autograd graph
+    (gradients are finite even through silence, thanks to the 1e-9 inside the square root). Raises ValueError
+    for another number of dimensions, fewer than 385 samples (the 384-sample reflect padding needs more) or
+    NaN/inf.
+    """
+    batch = torch.as_tensor(wave).to(dtype=torch.float32)  # keeps autograd: usable in a mel loss
+    if batch.ndim not in (1, 2):
+        raise ValueError(f"cosyvoice_mel expects a wave (N,) or batch (B, N), got shape {tuple(batch.shape)}")
+    batch = batch.reshape(-1, batch.shape[-1])  # (B, N)
+    if batch.shape[-1] <= _COSYVOICE_PAD:
+        raise ValueError(f"cosyvoice_mel needs more than {_COSYVOICE_PAD} samples at {COSYVOICE_RATE} Hz "
+                         f"(reflect padding), got {batch.shape[-1]}")
+    if not torch.isfinite(batch).all():
+        raise ValueError("cosyvoice_mel input contains NaN or infinite samples")
+    padded = torch.nn.functional.pad(batch.unsqueeze(1), (_COSYVOICE_PAD, _COSYVOICE_PAD), mode="reflect")
+    window = torch.hann_window(COSYVOICE_N_FFT, device=batch.device)  # periodic
+    spec = torch.stft(
+        padded.squeeze(1), n_fft=COSYVOICE_N_FFT, hop_length=COSYVOICE_HOP_SAMPLES, win_length=COSYVOICE_N_FFT,
+        window=window, center=False, return_complex=True,
+    )  # (B, 513, N // 256)
+    magnitude = torch.sqrt(spec.real.square() + spec.imag.square() + COSYVOICE_MAGNITUDE_EPS)
+    mel = _cosyvoice_mel_filters().to(batch.device) @ magnitude  # (B, 80, frames)
+    return torch.clamp(mel, min=COSYVOICE_LOG_FLOOR).log()

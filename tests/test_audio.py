@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 
 from echat import audio
-from echat.audio import AudioError, load_audio, log_mel, log_mel_batch, num_frames, resample
+from echat.audio import AudioError, cosyvoice_mel, load_audio, log_mel, log_mel_batch, num_frames, resample
 from echat.config import AudioConfig
 
 RATE_HZ = 16_000
@@ -334,3 +334,82 @@ def test_resample_keeps_a_16_khz_wave_and_brings_48_khz_to_16():
     assert down.dtype == np.float32 and down.shape == (16_000,)
     expected = np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)
     assert np.abs(down[1000:-1000] - expected[1000:-1000]).max() < 0.01
+
+
+# ----------------------------------------------------------------------------------------------
+# The CosyVoice-300M-25Hz front-end (22.05 kHz)
+# ----------------------------------------------------------------------------------------------
+
+COSYVOICE_RATE_HZ = 22_050
+TONES_HZ = (220.0, 1_000.0, 5_000.0)
+
+
+def tones(n_samples: int) -> np.ndarray:
+    """Three equal sines at TONES_HZ over a quiet noise floor, 22.05 kHz, float32 ``(N,)``.
+
+    The noise keeps every mel band well above the 1e-5 floor, where float32 FFT rounding (next to the
+    tones' large bins) would dominate a pure tone's empty bands in the log domain.
+    """
+    t = np.arange(n_samples) / COSYVOICE_RATE_HZ
+    wave = 0.2 * sum(np.sin(2 * np.pi * hz * t) for hz in TONES_HZ) + 0.1 * noise(n_samples)
+    return wave.astype(np.float32)
+
+
+def numpy_cosyvoice_mel(wave: np.ndarray) -> np.ndarray:
+    """The Matcha-TTS mel of CosyVoice's feat_extractor in numpy/librosa (float64): ``(80, N // 256)``."""
+    padded = np.pad(wave.astype(np.float64), 384, mode="reflect")
+    spec = librosa.stft(padded, n_fft=1024, hop_length=256, win_length=1024, window="hann", center=False)
+    magnitude = np.sqrt(spec.real**2 + spec.imag**2 + 1e-9)  # (513, T)
+    filters = librosa.filters.mel(sr=22_050, n_fft=1024, n_mels=80, fmin=0, fmax=8000, dtype=np.float64)
+    return np.log(np.maximum(filters @ magnitude, 1e-5))
+
+
+@pytest.mark.parametrize("n_samples", [385, 4_000, 22_050])
+def test_cosyvoice_mel_matches_a_numpy_librosa_computation(n_samples):
+    wave = tones(n_samples)
+    ours = cosyvoice_mel(wave)
+    ref = numpy_cosyvoice_mel(wave)
+    assert ours.shape == (1, 80, n_samples // 256) and ours.dtype == torch.float32
+    assert ref.shape == ours.shape[1:]
+    assert np.abs(ours[0].numpy() - ref).max() < MAX_ABS_ERROR
+
+
+def test_cosyvoice_mel_has_finite_gradients_through_silence():
+    wave = torch.from_numpy(tones(4_000))
+    wave[1_000:3_000] = 0.0  # whole frames of digital silence: |X| = 0 there
+    wave.requires_grad_(True)
+    cosyvoice_mel(wave).sum().backward()
+    assert torch.isfinite(wave.grad).all() and wave.grad.abs().sum() > 0
+
+
+def test_cosyvoice_mel_puts_each_tone_in_its_mel_band_and_nothing_above_8_khz():
+    mel = cosyvoice_mel(tones(22_050))[0].mean(dim=1)  # (80,) time-averaged log-mel
+    centres_hz = librosa.mel_frequencies(n_mels=82, fmin=0.0, fmax=8_000.0)[1:-1]  # each filter's peak
+    for hz in TONES_HZ:
+        band = int(np.abs(centres_hz - hz).argmin())
+        assert mel[band] == mel[band - 2 : band + 3].max()  # the band centred nearest the tone peaks
+        assert mel[band] > mel.median() + 3.0  # 20 times the magnitude of a noise-only band
+    assert centres_hz[-1] < 8_000.0
+
+
+def test_cosyvoice_mel_batch_rows_equal_single_waves_and_torch_input_is_accepted():
+    waves = np.stack([tones(5_000), noise(5_000)])
+    batch = cosyvoice_mel(torch.from_numpy(waves))
+    assert batch.shape == (2, 80, 19)
+    for index, wave in enumerate(waves):
+        torch.testing.assert_close(batch[index : index + 1], cosyvoice_mel(wave))
+
+
+@pytest.mark.parametrize(
+    "bad, problem",
+    [(np.zeros(384, np.float32), "more than 384 samples"), (np.zeros((1, 2, 800), np.float32), "wave \\(N,\\)"),
+     (np.full(800, np.nan, np.float32), "NaN")],
+)
+def test_cosyvoice_mel_rejects_bad_input_with_one_clear_error(bad, problem):
+    with pytest.raises(ValueError, match=problem):
+        cosyvoice_mel(bad)
+
+
+def test_cosyvoice_constants():
+    assert audio.COSYVOICE_RATE == 22_050
+    assert audio.COSYVOICE_HOP_SAMPLES == 256 and audio.COSYVOICE_N_MELS == 80
