@@ -20,6 +20,8 @@ EXAMPLES = {
     "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
     "data check": "echat data check data/fixtures/sample.jsonl\n  echat data check shards/shards_list.txt",
     "layout": "echat layout --preset osum-echat > layout.tsv",
+    "download": "echat download --dry-run\n  echat download tag cosyvoice prompt\n"
+                "  echat download all --local-dir ~/Downloads/OSUM-EChat",
     "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag",
     "demo": "echat demo --preset mini --out runs/demo\n"
             "  echat demo --preset smoke --out runs/demo-smoke --limit 1 --only 04 05",
@@ -162,6 +164,18 @@ def cmd_layout(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from echat.hub import ALL, fetch, plan, render_plan
+
+    what = args.what or [ALL]
+    if args.dry_run:
+        print(render_plan(*plan(what, local_dir=args.local_dir)))
+        return 0
+    for name, path in fetch(what, local_dir=args.local_dir).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _default_task_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-task", default=None, metavar="TASK", help="task of records that have none, "
                         "e.g. '<TRANSCRIBE>' (default: such records are errors, each named)")
@@ -173,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                             + "\n  ".join(QUICK_START),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout):
+    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout, _add_download):
         add(sub)
     return parser
 
@@ -273,6 +287,21 @@ def _add_layout(sub) -> None:
     layout = _parser(sub, "layout", "print the reference checkpoint layout (key, shape, kind) of a preset, "
                      "built on the meta device", cmd_layout)
     layout.add_argument("--preset", default="osum-echat")
+
+
+def _add_download(sub) -> None:
+    from echat.hub import ALL, RELEASED  # light: huggingface_hub only, no torch
+
+    download = _parser(sub, "download", "download the released OSUM-EChat files (Hugging Face ASLP-lab/OSUM-EChat) "
+                       "into $ECHAT_HOME/OSUM-EChat (default ~/.cache/echat), resuming an interrupted download; the "
+                       "CosyVoice tar is unpacked, safely, beside it", cmd_download)
+    download.add_argument("what", nargs="*", default=None, metavar="WHAT",
+                          help="; ".join(f"{r.name}: {r.filename} ({r.shows})" for r in RELEASED.values())
+                          + f"; {ALL} (default): every one")
+    download.add_argument("--local-dir", default=None, metavar="DIR", help="the files were fetched elsewhere into "
+                          "DIR: check that they are there with their published sizes (no network), unpack the tar")
+    download.add_argument("--dry-run", action="store_true", help="list the files, their sizes (from the hub when "
+                          "online) and where they go; download nothing")
 
 
 def _check_out(args) -> None:
