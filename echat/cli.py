@@ -234,7 +234,8 @@ def _add_train(sub) -> None:
                        "manifest's text)")
     train.add_argument("--base", default=None, metavar="DIR", help="folder that a manifest's relative audio "
                        "paths start from (default: the working directory, then the manifest's folder)")
-    train.add_argument("--init", default=None, help="run folder or checkpoint to start from")
+    train.add_argument("--init", default=None, help="run folder or checkpoint to start from, or a released-layout "
+                       ".pt file (tag_think_final.pt, language_think_final.pt: `echat download`)")
     train.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png)")
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--think", type=ThinkMode, default=ThinkMode.TAG, choices=list(ThinkMode),

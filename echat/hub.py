@@ -112,9 +112,9 @@ def select(names: list[str] | tuple[str, ...] = (ALL,)) -> list[Released]:
 
 
 def _missing(item: Released, folder: Path, why: str) -> HubFileError:
-    return HubFileError(f"{item.filename}: {why}; expected in {folder} ({item.shows}). Run "
-                        f"`echat download {item.name}` where the hub is reachable, or fetch {item.url} elsewhere and put it in that folder "
-                        f"(then `echat download {item.name} --local-dir {folder}`)")
+    return HubFileError(f"{item.filename}: {why}; expected in {folder} ({item.shows}). Run `echat download "
+                        f"{item.name}` where the hub is reachable, or fetch {item.url} elsewhere and put it in that "
+                        f"folder (then `echat download {item.name} --local-dir {folder}`)")
 
 
 def check_file(item: Released, folder: str | Path) -> Path:
