@@ -76,7 +76,7 @@ def cmd_data_mini(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from echat.train.recipes import stage
+    from echat.train.recipes import STAGE_RECIPE, stage
     from echat.train.run import RECIPE_PRESET, ManifestOptions, run_recipe, train_stage
 
     if args.recipe:
@@ -86,7 +86,7 @@ def cmd_train(args) -> int:
         return 0
     if not args.stage:
         raise ValueError("give --recipe NAME or --stage STAGE")
-    chosen = stage(args.recipe_of_stage or ("mini" if args.preset != "smoke" else "smoke"), args.stage, args.think,
+    chosen = stage(args.recipe_of_stage or STAGE_RECIPE.get(args.preset, "mini"), args.stage, args.think,
                    args.max_steps)
     if args.lora:
         chosen = dataclasses.replace(chosen, lora=True)
@@ -221,8 +221,9 @@ def _add_train(sub) -> None:
                     "manifest in the reference's formats", cmd_train)
     train.add_argument("--recipe", choices=["smoke", "mini"], help="run every stage of this recipe in order")
     train.add_argument("--stage", choices=["text", "understanding", "generation", "empathy"])
-    train.add_argument("--recipe-of-stage", choices=["smoke", "mini"], help="whose stage lengths to use "
-                       "(default: smoke for the smoke preset, else mini)")
+    train.add_argument("--recipe-of-stage", choices=["smoke", "mini", "osum-echat"], help="whose stage settings to "
+                       "use (default: the preset's: smoke, mini; osum-echat for osum-echat, the released model's "
+                       "fine-tuning at the reference's lr 1e-6)")
     train.add_argument("--preset", default=None, help="model preset of a single stage (default mini)")
     train.add_argument("--data", required=True, help="corpus folder (train.jsonl, dev.jsonl, tokenizers), or "
                        "with --stage a manifest `echat data check` reads (raw .jsonl/.list, shards_list.txt, "

@@ -1,13 +1,20 @@
 """``echat train --init FILE.pt``: a stage starts from a file in the released layout (what ``tag_think_final.pt``
 holds; here a smoke-size export by :func:`save_reference_checkpoint`), from the reference's fake data, with full
-fine-tuning or LoRA; a file of another layout is one line naming it."""
+fine-tuning or LoRA; a file of another layout is one line naming it. The ``osum-echat`` stages (the released
+model's fine-tuning) run at the reference's optimiser settings with the paper's trainable sets."""
 
+import json
+
+import pytest
 import torch
 
 from echat.cli import main
-from echat.config import preset
+from echat.config import TrainConfig, preset
 from echat.models.checkpoint import FINAL, save_reference_checkpoint
 from echat.models.echat import EChat
+from echat.train import run
+from echat.train.recipes import recipe
+from echat.train.stages import trainable_modules
 
 from ..data.reference import FAKE, THINK_TASK
 
@@ -61,3 +68,32 @@ def test_a_corpus_stage_starts_from_a_released_layout_pt_file(smoke_corpus, tmp_
                  "--init", str(path), "--out", str(tmp_path / "run")]) == 0
     trained = EChat.from_checkpoint(tmp_path / "run" / FINAL).state_dict()
     assert all(torch.equal(trained[k], v) for k, v in source.state_dict().items() if k.startswith("encoder."))
+
+
+def test_the_osum_echat_stages_run_at_the_reference_optimiser_with_the_papers_trainable_sets():
+    reference = TrainConfig()
+    stages = recipe("osum-echat", "language")
+    assert [s.name for s in stages] == ["understanding", "generation", "empathy"]
+    for chosen in stages:
+        assert (chosen.lr, chosen.warmup_steps, chosen.scheduler) == (1e-6, 2000, "inverse_sqrt")
+        assert (chosen.lr, chosen.scheduler) == (reference.lr, reference.scheduler)
+        assert {m for m, scale in chosen.module_lr if scale} == trainable_modules(chosen.name)
+        assert not (chosen.bridge or chosen.dictation or chosen.think_drills)
+    assert stages[-1].think == "language" and stages[-1].teaches_think
+
+
+@pytest.mark.parametrize("preset_name, lr", [("osum-echat", 1e-6), ("smoke", 1e-3)])
+def test_a_stage_takes_its_presets_recipe(monkeypatch, tmp_path, preset_name, lr):
+    chosen = {}
+    monkeypatch.setattr(run, "train_stage", lambda stage, *args, **kwargs: chosen.update(stage=stage) or tmp_path)
+    assert main(["train", "--stage", "generation", "--preset", preset_name, "--data", "d.list", "--lora",
+                 "--max-steps", "5", "--out", str(tmp_path / "run")]) == 0
+    assert (chosen["stage"].lr, chosen["stage"].lora, chosen["stage"].max_steps) == (lr, True, 5)
+
+
+def test_the_osum_echat_stage_trains_from_a_released_layout_file(reference_root):
+    path, _ = _released_layout_file(reference_root)
+    assert _train(path, "exp/ref", "--recipe-of-stage", "osum-echat") == 0
+    logged = [json.loads(line) for line in (reference_root / "exp" / "ref" / "metrics.jsonl").read_text().splitlines()]
+    rates = [record["lr"] for record in logged if "lr" in record]
+    assert rates == pytest.approx([2e-6 / 2000, 3e-6 / 2000])  # the reference's warm-up (logged after each step)
