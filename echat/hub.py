@@ -156,6 +156,8 @@ def fetch(names=(ALL,), local_dir: str | Path | None = None, home: str | Path | 
 def locate(name: str, home: str | Path | None = None) -> Path:
     """The path of a released file already downloaded (``cosyvoice``: its unpacked folder), never downloading:
     :class:`HubFileError` saying how to get it otherwise."""
+    if name == ALL:
+        raise ValueError(f"locate names one file: {', '.join(RELEASED)}")
     (item,) = select([name])
     folder = release_dir(home)
     if item.name == "cosyvoice" and _is_cosyvoice_dir(folder / COSYVOICE_DIR):

@@ -178,6 +178,8 @@ def test_locate_never_downloads_and_says_how_to_get_a_missing_file(monkeypatch, 
         hub.locate("language")
     sparse((home / "OSUM-EChat").mkdir(parents=True) or home / "OSUM-EChat" / "prompt.wav", 893_702)
     assert hub.locate("prompt") == home / "OSUM-EChat" / "prompt.wav"
+    with pytest.raises(ValueError, match="locate names one file: tag, language, cosyvoice, prompt"):
+        hub.locate("all")
 
 
 def test_a_tar_without_the_token2wav_files_is_refused_and_leaves_nothing(tmp_path):
