@@ -20,6 +20,8 @@ EXAMPLES = {
     "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
     "data check": "echat data check data/fixtures/sample.jsonl\n  echat data check shards/shards_list.txt",
     "layout": "echat layout --preset osum-echat > layout.tsv",
+    "download": "echat download --dry-run\n  echat download tag cosyvoice prompt\n"
+                "  echat download all --local-dir ~/Downloads/OSUM-EChat",
     "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag",
     "demo": "echat demo --preset mini --out runs/demo\n"
             "  echat demo --preset smoke --out runs/demo-smoke --limit 1 --only 04 05",
@@ -74,7 +76,7 @@ def cmd_data_mini(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from echat.train.recipes import stage
+    from echat.train.recipes import STAGE_RECIPE, stage
     from echat.train.run import RECIPE_PRESET, ManifestOptions, run_recipe, train_stage
 
     if args.recipe:
@@ -84,7 +86,7 @@ def cmd_train(args) -> int:
         return 0
     if not args.stage:
         raise ValueError("give --recipe NAME or --stage STAGE")
-    chosen = stage(args.recipe_of_stage or ("mini" if args.preset != "smoke" else "smoke"), args.stage, args.think,
+    chosen = stage(args.recipe_of_stage or STAGE_RECIPE.get(args.preset, "mini"), args.stage, args.think,
                    args.max_steps)
     if args.lora:
         chosen = dataclasses.replace(chosen, lora=True)
@@ -162,6 +164,18 @@ def cmd_layout(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from echat.hub import ALL, fetch, plan, render_plan
+
+    what = args.what or [ALL]
+    if args.dry_run:
+        print(render_plan(*plan(what, local_dir=args.local_dir)))
+        return 0
+    for name, path in fetch(what, local_dir=args.local_dir).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _default_task_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-task", default=None, metavar="TASK", help="task of records that have none, "
                         "e.g. '<TRANSCRIBE>' (default: such records are errors, each named)")
@@ -173,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                             + "\n  ".join(QUICK_START),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout):
+    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout, _add_download):
         add(sub)
     return parser
 
@@ -207,8 +221,9 @@ def _add_train(sub) -> None:
                     "manifest in the reference's formats", cmd_train)
     train.add_argument("--recipe", choices=["smoke", "mini"], help="run every stage of this recipe in order")
     train.add_argument("--stage", choices=["text", "understanding", "generation", "empathy"])
-    train.add_argument("--recipe-of-stage", choices=["smoke", "mini"], help="whose stage lengths to use "
-                       "(default: smoke for the smoke preset, else mini)")
+    train.add_argument("--recipe-of-stage", choices=["smoke", "mini", "osum-echat"], help="whose stage settings to "
+                       "use (default: the preset's: smoke, mini; osum-echat for osum-echat, the released model's "
+                       "fine-tuning at the reference's lr 1e-6)")
     train.add_argument("--preset", default=None, help="model preset of a single stage (default mini)")
     train.add_argument("--data", required=True, help="corpus folder (train.jsonl, dev.jsonl, tokenizers), or "
                        "with --stage a manifest `echat data check` reads (raw .jsonl/.list, shards_list.txt, "
@@ -220,7 +235,8 @@ def _add_train(sub) -> None:
                        "manifest's text)")
     train.add_argument("--base", default=None, metavar="DIR", help="folder that a manifest's relative audio "
                        "paths start from (default: the working directory, then the manifest's folder)")
-    train.add_argument("--init", default=None, help="run folder or checkpoint to start from")
+    train.add_argument("--init", default=None, help="run folder or checkpoint to start from, or a released-layout "
+                       ".pt file (tag_think_final.pt, language_think_final.pt: `echat download`)")
     train.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png)")
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--think", type=ThinkMode, default=ThinkMode.TAG, choices=list(ThinkMode),
@@ -273,6 +289,21 @@ def _add_layout(sub) -> None:
     layout = _parser(sub, "layout", "print the reference checkpoint layout (key, shape, kind) of a preset, "
                      "built on the meta device", cmd_layout)
     layout.add_argument("--preset", default="osum-echat")
+
+
+def _add_download(sub) -> None:
+    from echat.hub import ALL, RELEASED  # light: huggingface_hub only, no torch
+
+    download = _parser(sub, "download", "download the released OSUM-EChat files (Hugging Face ASLP-lab/OSUM-EChat) "
+                       "into $ECHAT_HOME/OSUM-EChat (default ~/.cache/echat), resuming an interrupted download; the "
+                       "CosyVoice tar is unpacked, safely, beside it", cmd_download)
+    download.add_argument("what", nargs="*", default=None, metavar="WHAT",
+                          help="; ".join(f"{r.name}: {r.filename} ({r.shows})" for r in RELEASED.values())
+                          + f"; {ALL} (default): every one")
+    download.add_argument("--local-dir", default=None, metavar="DIR", help="the files were fetched elsewhere into "
+                          "DIR: check that they are there with their published sizes (no network), unpack the tar")
+    download.add_argument("--dry-run", action="store_true", help="list the files, their sizes (from the hub when "
+                          "online) and where they go; download nothing")
 
 
 def _check_out(args) -> None:

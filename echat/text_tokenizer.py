@@ -28,11 +28,11 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from huggingface_hub import constants as hf_constants
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from echat.config import EChatConfig
+from echat.hub import echat_home, hub_offline
 from echat.tokens import CHATML_SPECIALS, ENDOFTEXT, IM_END, MINI_LABEL_TAGS, UNKNOWN_PIECE
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ QWEN_SPECIALS = (
     "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-_OFFLINE_VALUES = ("1", "true", "yes", "on")
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
@@ -161,17 +160,6 @@ def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerFast:
 # ----------------------------------------------------------------------------------------------
 # Qwen2.5
 # ----------------------------------------------------------------------------------------------
-
-
-def echat_home() -> Path:
-    """Cache root: ``$ECHAT_HOME``, default ``~/.cache/echat``."""
-    return Path(os.environ.get("ECHAT_HOME") or Path.home() / ".cache" / "echat").expanduser()
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set (now or when the hub was imported)."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return hf_constants.HF_HUB_OFFLINE or any(os.environ.get(n, "").lower() in _OFFLINE_VALUES for n in names)
 
 
 def qwen_tokenizer(source: str | None = None) -> PreTrainedTokenizerFast:

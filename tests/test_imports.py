@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "echat"
 # Lowest first. Within a layer, imports may go either way (but never round in a circle).
 LAYERS = (
     ("echat.config",),
-    ("echat.audio", "echat.tokens"),
+    ("echat.audio", "echat.tokens", "echat.hub"),
     ("echat.prompts", "echat.text_tokenizer"),
     ("echat.sequence",),
     ("echat.models",),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from echat import hub
 from echat import text_tokenizer as tt
 from echat.config import preset
 from echat.tokens import (
@@ -244,7 +245,7 @@ def test_qwen_online_tries_the_hub_then_falls_back(qwen_tok, qwen_home, monkeypa
     monkeypatch.setenv("ECHAT_HOME", str(qwen_home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
-    monkeypatch.setattr(tt.hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub.hf_constants, "HF_HUB_OFFLINE", False)
     real, calls = tt.AutoTokenizer.from_pretrained, []
 
     def unreachable_hub(source, **kwargs):

@@ -19,6 +19,10 @@ The understanding-driven recipe of the paper, plus a stage 0 for the mini world:
 - ``generation``: TTS first (phase 1), then S2S dialogue with T2T mixed in (phase 2), both rehearsing the
   understanding tasks (:func:`rehearsal`); in the mini world the adapter stays as stage 1 left it;
 - ``empathy``: S2T/S2S with the dual think; in the mini world the LLM and the speech embedding and head.
+
+The ``osum-echat`` recipe fine-tunes the released model (``--preset osum-echat``, e.g. ``--init
+tag_think_final.pt``) in the last three stages with the reference's optimiser settings and the paper's trainable
+sets, and none of the mini world's devices (:func:`_reference_stages`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 
-from echat.config import ThinkMode
+from echat.config import ThinkMode, TrainConfig
 from echat.data.schema import Record
 from echat.tokens import OutputType, is_only_p
-from echat.train.stages import MODULES
+from echat.train.stages import MODULES, trainable_modules
 
 
 def family(record: Record) -> str:
@@ -203,12 +207,38 @@ def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
     )
 
 
+REFERENCE_RECIPE = "osum-echat"
+REFERENCE_STAGE_STEPS = 10_000  # optimizer steps per stage unless --max-steps: the reference runs one epoch of its data
+
+
+def _reference_stages(think: ThinkMode) -> tuple[StageRecipe, ...]:
+    """The released model's fine-tuning: the reference's optimiser (``TrainConfig``'s defaults, from its
+    conf/ct_config.yaml: lr 1e-6, 2,000 warm-up steps, then inverse square root as WeNet's warmuplr) and the
+    paper's trainable set per stage (:func:`echat.train.stages.trainable_modules`); no bridge, dictation or
+    drills. The generation and empathy mixes are the mini recipe's, rehearsal included."""
+    reference = TrainConfig()
+
+    def made(name: str, mix: tuple[tuple[str, float], ...], **more) -> StageRecipe:
+        scales = _lr(**dict.fromkeys(trainable_modules(name), 1.0))
+        return StageRecipe(name, (Phase(mix, REFERENCE_STAGE_STEPS),), scales, lr=reference.lr,
+                           warmup_steps=reference.warmup_steps, scheduler=reference.scheduler, **more)
+
+    return (made("understanding", UNDERSTANDING_MIX),
+            made("generation", (("tts", 1.0), ("s2s", 2.0), ("s2t", 1.0), ("t2t", 0.5), ("s2s_history", 0.3),
+                                *rehearsal(1.5))),
+            made("empathy", (("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)), think=think))
+
+
 RECIPES = {"smoke": 0.01, "mini": 1.0}
+STAGE_RECIPE = {"smoke": "smoke", "mini": "mini", "osum-echat": REFERENCE_RECIPE}  # preset -> its stages' recipe
 STAGE_NAMES = ("text", "understanding", "generation", "empathy")
 
 
 def recipe(name: str, think: ThinkMode | str = ThinkMode.TAG) -> tuple[StageRecipe, ...]:
-    """The stages of recipe ``name`` (``smoke``: seconds, for tests; ``mini``: the CPU world)."""
+    """The stages of recipe ``name`` (``smoke``: seconds, for tests; ``mini``: the CPU world; ``osum-echat``:
+    fine-tuning the released model, its last three stages)."""
+    if name == REFERENCE_RECIPE:
+        return _reference_stages(ThinkMode(think))
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     return _stages(RECIPES[name], ThinkMode(think))

@@ -11,6 +11,10 @@ A fresh model trained from a manifest:
   presets a mini BPE trained on the prompts and the manifest's own text (Chinese and English alike: it is
   byte-level), which every checkpoint of the run keeps;
 - is watched on ``dev`` (another manifest) when one is given, else on nothing.
+``init`` is a checkpoint or run folder of ours, or a file in the released layout (``tag_think_final.pt``,
+``language_think_final.pt``, or :func:`echat.models.checkpoint.save_reference_checkpoint`'s export), read with
+the preset's config (with the reference's speech space for a manifest) and, since such a file holds no
+tokenizer, the tokenizer a fresh model of that preset would get (``tokenizer`` included).
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ class ManifestOptions:
     base_dir: str | Path | None = None
 
 
+def is_reference_file(init: str | Path | None) -> bool:
+    """``init`` names a file in the released layout (a ``.pt`` state dict), not a checkpoint folder of ours."""
+    return init is not None and Path(init).is_file()
+
+
 def _checkpoint_model(init: str | Path, preset: str) -> EChat:
     model = EChat.from_checkpoint(resolve_checkpoint(init))
     if model.config.name != preset:
@@ -68,7 +77,10 @@ def _checkpoint_model(init: str | Path, preset: str) -> EChat:
 
 
 def _model(preset: str, corpus: Path, init: str | Path | None, seed: int | None = None):
-    if init:
+    if is_reference_file(init):
+        model = EChat.from_reference_checkpoint(init, load_tokenizer(corpus / "text_tokenizer"),
+                                                config=preset_config(preset))
+    elif init:
         model = _checkpoint_model(init, preset)
     else:
         if seed is not None:
@@ -107,8 +119,8 @@ def _corpus_inputs(corpus: Path, preset: str, init, seed: int | None, default_ta
 
 def _manifest_config(preset: str, init, seed: int | None) -> EChatConfig:
     """The config a stage trained from a manifest runs with: the ``init`` checkpoint's, else the preset's
-    with the reference's speech space."""
-    if init:
+    with the reference's speech space (that of a released-layout ``init`` file too)."""
+    if init and not is_reference_file(init):
         config = read_checkpoint(resolve_checkpoint(init))[0]
         if config.name != preset:
             raise TrainingError(f"{init} holds a {config.name} model, not {preset}")
@@ -137,7 +149,7 @@ def _manifest_tokenizer(config: EChatConfig, train: list[Sample], folder: str | 
 def _manifest_inputs(manifest: Path, preset: str, init, seed: int | None, default_task: str | None,
                      options: ManifestOptions) -> StageInputs:
     """A stage's model and samples from a manifest (and an optional dev manifest)."""
-    if init and options.tokenizer is not None:
+    if init and options.tokenizer is not None and not is_reference_file(init):
         raise TrainingError("--tokenizer is for a fresh model: --init keeps its checkpoint's tokenizer")
     config = _manifest_config(preset, init, seed)
     read = dict(config=config, default_task=default_task, base_dir=options.base_dir, seed=config.train.seed)
@@ -145,7 +157,10 @@ def _manifest_inputs(manifest: Path, preset: str, init, seed: int | None, defaul
     dev = read_samples(options.dev, **read) if options.dev is not None else None
     print(f"training data: {len(train)} samples ({len({id(s.record) for s in train})} records) from {manifest}"
           + (f"; dev: {len(dev)} samples from {options.dev}" if dev is not None else "; no dev data"))
-    if init:
+    if is_reference_file(init):
+        tokenizer = _manifest_tokenizer(config, train, options.tokenizer)
+        model = EChat.from_reference_checkpoint(init, tokenizer, config=config)
+    elif init:
         model = _checkpoint_model(init, preset)
         model.config.train.seed = config.train.seed
     else:

@@ -36,9 +36,9 @@ from echat.data.pipeline import DataPipeline, Sample
 from echat.data.schema import read_manifest
 from echat.eval.report import save_report
 from echat.eval.stage_eval import EMPATHY_OPTIONS, empathy_task, evaluate, load_model, tts_options
+from echat.hub import echat_home
 from echat.models.checkpoint import FINAL
 from echat.models.generate import generate
-from echat.text_tokenizer import echat_home
 from echat.tokens import IGNORE_INDEX, TEXT2TOKEN
 from echat.train.plots import plot_history
 from echat.train.recipes import recipe as stages_of
