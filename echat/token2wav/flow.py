@@ -25,7 +25,8 @@ Design choices (numbers from ``shared/reference/cosyvoice_300m_25hz_hparams.md``
 - ``sigma_min`` (1e-6) only enters training: :func:`conditional_path` gives the point on the straight path
   ``y = (1 - (1 - σ) t) z + t x1`` and its velocity ``u = x1 - (1 - σ) z`` (``ConditionalCFM.compute_loss``).
   The training loss itself, the streaming flow cache and the fp16 switch of the reference are not built here.
-- Batch 1 only (the reference asserts it). Bad input (ids outside the vocabulary, a prompt mel that is not
+- Batch 1 only (the reference asserts it). Bad input (ids outside the vocabulary (values unchecked on the meta device,
+  which has none), a prompt mel that is not
   (1, Tm, 80), a speaker that is not (1, 192), prompt tokens without prompt mel or the other way round) raises
   one ValueError naming the argument; the reference clamps negative ids to 0 silently instead.
 - Parity, measured once outside this repository (the reference is not vendored, so this is not a test): with the
@@ -199,7 +200,7 @@ class CosyVoiceFlow(nn.Module):
             if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < least or ids.is_floating_point():
                 raise ValueError(f"{name} must be integer ids of shape (1, T) with T >= {least}, got "
                                  f"{tuple(ids.shape)} {ids.dtype}")
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
+            if ids.numel() and not ids.is_meta and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
                 raise ValueError(f"{name} must lie in [0, {cfg.vocab_size}), got ids from {int(ids.min())} to "
                                  f"{int(ids.max())}")
         if prompt_mel.dim() != 3 or prompt_mel.shape[0] != 1 or prompt_mel.shape[2] != cfg.mel_bins:
