@@ -56,7 +56,7 @@ from echat.token2wav.hift import HiFTConfig, HiFTVocoder
 FLOW_FILE = "flow.pt"
 HIFT_FILE = "hift.pt"
 PROMPT_FILE = "prompt.wav"  # the reference's default voice (the hub's prompt.wav)
-__all__ = ["CosyVoiceToken2Wav", "StreamOptions", "check_dtype", "default_prompt_wav", "load_weights"]
+__all__ = ["CosyVoiceToken2Wav", "StreamOptions", "Synthesis", "check_dtype", "default_prompt_wav", "load_weights"]
 
 CONFIGS = {"smoke": (FlowConfig.smoke, HiFTConfig.smoke), "full": (FlowConfig.full, HiFTConfig.full)}
 CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -124,6 +124,21 @@ def fade_in(tail: np.ndarray, head: np.ndarray) -> np.ndarray:
     mixed = head.copy()
     mixed[: len(tail)] = tail * (1 - ramp) + head[: len(tail)] * ramp
     return mixed
+
+
+@dataclass
+class Synthesis:
+    """One token2wav run taken apart (:meth:`CosyVoiceToken2Wav.synthesize`), on the CPU."""
+
+    steps: list[np.ndarray]  # mel (80, M) after each Euler step of the flow; the last is the mel HiFT reads
+    f0: np.ndarray  # (M,) Hz, HiFT's predicted pitch per mel frame
+    source: np.ndarray  # (M * 256,) the NSF excitation made from f0
+    wave: np.ndarray  # (M * 256,) float32 at 22,050 Hz
+
+    @property
+    def mel(self) -> np.ndarray:
+        """The flow's output mel ``(80, M)``."""
+        return self.steps[-1]
 
 
 class CosyVoiceToken2Wav:
@@ -236,13 +251,27 @@ class CosyVoiceToken2Wav:
 
         Keywords meant for other token2wavs (e.g. the mini one's ``n_iter``) are accepted and ignored.
         """
+        ids = self.speech_ids(tokens)
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.synthesize(ids, prompt=prompt, speaker=speaker).wave
+
+    @torch.inference_mode()
+    def synthesize(self, tokens: Sequence[int] | np.ndarray | torch.Tensor, *, prompt: Prompt | None = None,
+                   speaker: torch.Tensor | None = None) -> Synthesis:
+        """What ``__call__`` makes, with the flow's Euler steps, HiFT's f0 and its source (at least one speech id)."""
         if self.device.type == "meta":
             raise ValueError("a CosyVoiceToken2Wav on the meta device holds shapes only; use .mel(...) for shapes")
         ids = self.speech_ids(tokens)
         if ids.size == 0:
-            return np.zeros(0, dtype=np.float32)
-        generator = self.generator()
-        return self.vocode(self.mel(ids, self.voice(prompt, speaker), generator), generator)
+            raise ValueError("synthesize needs at least one speech id below the vocabulary size")
+        voice, generator = self.voice(prompt, speaker), self.generator()
+        tokens = torch.as_tensor(ids, dtype=torch.long, device=self.device)[None]  # (1, T)
+        steps = [mel.float() for mel in self.flow.trajectory(tokens, voice.tokens, voice.mel, voice.speaker,
+                                                              generator=generator)]  # n_steps x (1, 80, M)
+        out = self.hift.inference(steps[-1], generator)
+        return Synthesis([step[0].cpu().numpy() for step in steps], out.f0[0].cpu().numpy(),
+                         out.source[0].cpu().numpy(), out.wave[0].cpu().numpy().astype(np.float32))
 
     def stream(self, token_chunks: Iterable[Sequence[int]], *, prompt: Prompt | None = None,
                speaker: torch.Tensor | None = None, options: StreamOptions | None = None) -> Iterator[np.ndarray]:

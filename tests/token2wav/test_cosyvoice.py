@@ -249,3 +249,15 @@ def test_stream_skips_boundaries_and_flushes_its_tail(smoke_t2w):
     assert list(smoke_t2w.stream([[4096]])) == []
     with pytest.raises(ValueError, match="context_frames .1. must cover fade_frames .2."):
         StreamOptions(context_frames=1, fade_frames=2)
+
+
+def test_synthesize_takes_the_call_apart(smoke_t2w):
+    tokens = ids(15)
+    synthesis = smoke_t2w.synthesize(tokens)
+    frames = mel_frames(15)
+    assert len(synthesis.steps) == FlowConfig.smoke().n_steps
+    assert all(step.shape == (80, frames) for step in synthesis.steps)
+    assert synthesis.f0.shape == (frames,) and synthesis.source.shape == synthesis.wave.shape == (frames * HOP,)
+    np.testing.assert_array_equal(synthesis.wave, smoke_t2w(tokens))
+    with pytest.raises(ValueError, match="at least one speech id"):
+        smoke_t2w.synthesize([4096])
