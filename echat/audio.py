@@ -7,6 +7,9 @@ Design choices:
   padding, last frame dropped, Slaney mel filters, log10, a floor 8 decades below the utterance's
   peak, then ``(x + 4) / 4``. No padding to 30 s: ``T = N // 160``.
 - The dynamic-range floor is per utterance, so batching never changes an utterance's features.
+- ``log_mel(wave, n_mels=128)`` is Whisper's 128-bin variant (``whisper.log_mel_spectrogram(n_mels=128)``, whose
+  filters are ``librosa.filters.mel(sr=16000, n_fft=400, n_mels=128)``): what CosyVoice's ``speech_tokenizer_v1.onnx``
+  reads. Everything else in the recipe is the same.
 - ``log_mel_batch`` (clips of different lengths) is the same formula made cheaper: |X|^2 as re^2 + im^2 summed
   inside the mel product, which reads only the FFT bins each group of filters weighs, written straight into
   the padded batch; about 2x faster than the per-utterance loop (``benchmarks/frontend.py``).
@@ -43,6 +46,7 @@ N_FFT_SAMPLES = _FRONT_END.n_fft_samples  # 25 ms analysis window
 HOP_SAMPLES = _FRONT_END.hop_samples  # 10 ms hop
 N_MELS = _FRONT_END.n_mels
 FRAME_RATE_HZ = SAMPLE_RATE_HZ // HOP_SAMPLES  # 100 feature frames per second
+WHISPER_N_MELS = (N_MELS, 128)  # the filterbank sizes Whisper ships: 80, and 128 for large-v3 and CosyVoice
 MIN_SAMPLES = _FRONT_END.min_samples  # 25 ms; the reference rejects shorter clips ("Audio too short")
 LOG_FLOOR = 1e-10  # mel power clamp before log10 (avoids log of zero)
 DYNAMIC_RANGE_LOG10 = 8.0  # keep 8 decades (80 dB) below each utterance's peak
@@ -162,10 +166,10 @@ def num_frames(n_samples: int) -> int:
     return int(n_samples) // HOP_SAMPLES
 
 
-@functools.lru_cache(maxsize=1)
-def _mel_filters() -> torch.Tensor:
-    """Slaney-normalised mel filterbank, float32 ``(n_mels, n_fft // 2 + 1)`` = (80, 201)."""
-    filters = librosa.filters.mel(sr=SAMPLE_RATE_HZ, n_fft=N_FFT_SAMPLES, n_mels=N_MELS)
+@functools.lru_cache(maxsize=2)
+def _mel_filters(n_mels: int = N_MELS) -> torch.Tensor:
+    """Slaney-normalised mel filterbank, float32 ``(n_mels, n_fft // 2 + 1)``: (80, 201), or (128, 201)."""
+    filters = librosa.filters.mel(sr=SAMPLE_RATE_HZ, n_fft=N_FFT_SAMPLES, n_mels=n_mels)
     return torch.from_numpy(np.asarray(filters, dtype=np.float32))
 
 
@@ -189,12 +193,15 @@ def _as_wave_tensor(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def log_mel(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+def log_mel(wave: np.ndarray | torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
     """OSUM-EChat (Whisper-style) log-mel features, float32.
 
-    ``wave`` is a 16 kHz wave ``(N,)`` -> ``(T, 80)``, or an equal-length batch ``(B, N)`` ->
-    ``(B, T, 80)``, with ``T = N // 160``. The -8 decade floor is taken per utterance.
+    ``wave`` is a 16 kHz wave ``(N,)`` -> ``(T, n_mels)``, or an equal-length batch ``(B, N)`` ->
+    ``(B, T, n_mels)``, with ``T = N // 160``. The -8 decade floor is taken per utterance. ``n_mels``: 80 (the
+    OSUM-EChat encoder) or 128 (Whisper large-v3's, which CosyVoice's speech tokenizer reads).
     """
+    if n_mels not in WHISPER_N_MELS:
+        raise ValueError(f"log_mel n_mels must be one of {WHISPER_N_MELS} (Whisper's filterbanks), got {n_mels}")
     batch = _as_wave_tensor(wave)
     single = batch.ndim == 1
     if single:
@@ -204,11 +211,11 @@ def log_mel(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
         pad_mode="reflect", return_complex=True,
     )  # (B, F=201, T + 1)
     power = spec[..., :-1].abs() ** 2  # (B, F, T): the reference drops the last frame
-    mel = _mel_filters() @ power  # (B, 80, T)
+    mel = _mel_filters(n_mels) @ power  # (B, n_mels, T)
     logs = torch.clamp(mel, min=LOG_FLOOR).log10()
     peak = logs.amax(dim=(-2, -1), keepdim=True)  # (B, 1, 1): per-utterance maximum
     logs = torch.maximum(logs, peak - DYNAMIC_RANGE_LOG10)
-    feats = ((logs + LOG_OFFSET) / LOG_SCALE).transpose(-1, -2).contiguous()  # (B, T, 80)
+    feats = ((logs + LOG_OFFSET) / LOG_SCALE).transpose(-1, -2).contiguous()  # (B, T, n_mels)
     return feats[0] if single else feats
 
 

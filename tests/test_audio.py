@@ -48,16 +48,16 @@ def vowel(seconds: float, rate_hz: int = RATE_HZ, seed: int = 0) -> np.ndarray:
     return (0.5 * wave / np.abs(wave).max()).astype(np.float32)
 
 
-def numpy_log_mel(wave: np.ndarray) -> np.ndarray:
-    """Independent float64 Whisper-style log-mel: (N,) -> (N // 160, 80)."""
+def numpy_log_mel(wave: np.ndarray, n_mels: int = 80) -> np.ndarray:
+    """Independent float64 Whisper-style log-mel: (N,) -> (N // 160, n_mels)."""
     n_fft, hop = 400, 160
     x = np.pad(np.asarray(wave, dtype=np.float64), n_fft // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]  # (T + 1, 400)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2  # (T + 1, 201)
     power = power[:-1]  # (T, 201): the reference drops the last frame
-    filters = librosa.filters.mel(sr=RATE_HZ, n_fft=n_fft, n_mels=80).astype(np.float64)  # (80, 201)
-    logs = np.log10(np.maximum(power @ filters.T, 1e-10))  # (T, 80)
+    filters = librosa.filters.mel(sr=RATE_HZ, n_fft=n_fft, n_mels=n_mels).astype(np.float64)  # (n_mels, 201)
+    logs = np.log10(np.maximum(power @ filters.T, 1e-10))  # (T, n_mels)
     logs = np.maximum(logs, logs.max() - 8.0)
     return (logs + 4.0) / 4.0
 
@@ -121,6 +121,15 @@ def test_log_mel_matches_numpy_reference(n_samples, kind):
     ref = numpy_log_mel(wave)
     assert ours.shape == ref.shape == (n_samples // 160, 80)
     assert np.abs(ours - ref).max() < MAX_ABS_ERROR
+
+
+def test_whisper_128_bin_log_mel_matches_numpy_reference():
+    wave = vowel(1.0)
+    ours = log_mel(wave, n_mels=128).numpy()
+    assert ours.shape == (100, 128)
+    assert np.abs(ours - numpy_log_mel(wave, n_mels=128)).max() < MAX_ABS_ERROR
+    with pytest.raises(ValueError, match=r"n_mels must be one of \(80, 128\).*got 64"):
+        log_mel(wave, n_mels=64)
 
 
 def test_log_mel_floor_is_per_utterance():

@@ -8,8 +8,9 @@ Design choices:
 - Ids at or above the codebook size (the segment boundary ``SpeechConfig.boundary_id``) are not speech;
   an implementation skips them rather than failing, and rejects negative ids with ValueError.
 - Implementations: :class:`echat.token2wav.mini.MiniToken2Wav` (the CPU mini world: k-means codebook
-  -> log-mel -> Griffin-Lim). The full world's CosyVoice-300M-25Hz flow-matching vocoder will come later
-  in ``echat/token2wav/cosyvoice.py`` behind this same protocol, so callers never need to know which.
+  -> log-mel -> Griffin-Lim, 16 kHz) and :class:`echat.token2wav.cosyvoice.CosyVoiceToken2Wav` (the full
+  world: CosyVoice-300M-25Hz flow matching + HiFT, 22.05 kHz, with a prompt voice and chunked streaming),
+  so callers never need to know which.
 """
 
 from __future__ import annotations

@@ -27,7 +27,10 @@ Design choices (numbers from ``shared/reference/cosyvoice_300m_25hz_hparams.md``
   The training loss itself, the streaming flow cache and the fp16 switch of the reference are not built here.
 - Batch 1 only (the reference asserts it). Bad input (ids outside the vocabulary, a prompt mel that is not
   (1, Tm, 80), a speaker that is not (1, 192), prompt tokens without prompt mel or the other way round) raises
-  one ValueError naming the argument; the reference clamps negative ids to 0 silently instead.
+  one ValueError naming the argument; the reference clamps negative ids to 0 silently instead. On the meta device
+  (shapes only) id values are not checked: there are none.
+- :meth:`CosyVoiceFlow.trajectory` yields the mel after each Euler step (notebook 08 draws them);
+  :meth:`CosyVoiceFlow.inference` is its last step.
 - Parity, measured once outside this repository (the reference is not vendored, so this is not a test): with the
   same smoke-size weights and noise, :meth:`CosyVoiceFlow.inference` matched the reference code at OSUM@f2bcfac to
   1.6e-6 (max abs; outputs up to 4.5) for 3, 7, 45 and 60 tokens, with and without a prompt; the encoder and the
@@ -39,6 +42,7 @@ Design choices (numbers from ``shared/reference/cosyvoice_300m_25hz_hparams.md``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -167,14 +171,20 @@ class ConditionalFlowMatching(nn.Module):
         )  # (2, 80, M)
         return guided_velocity(both[:1], both[1:], cfg_rate)
 
-    def forward(self, mu: Tensor, spks: Tensor, cond: Tensor, n_steps: int, cfg_rate: float,
-                temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """``mu`` (1, 80, M), ``spks`` (1, 80), ``cond`` (1, 80, M) -> mel ``(1, 80, M)`` after ``n_steps`` steps."""
+    def trajectory(self, mu: Tensor, spks: Tensor, cond: Tensor, n_steps: int, cfg_rate: float,
+                   temperature: float = 1.0, generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """``mu`` (1, 80, M), ``spks`` (1, 80), ``cond`` (1, 80, M) -> ``x`` (1, 80, M) after each Euler step."""
         noise_device = generator.device if generator is not None else mu.device  # a CPU generator serves a GPU run
         x = torch.randn(mu.shape, generator=generator, device=noise_device).to(mu) * temperature
         times = cosine_time_schedule(n_steps, device=mu.device, dtype=mu.dtype)
         for start, end in zip(times[:-1], times[1:]):
             x = x + (end - start) * self.velocity(x, start, mu, spks, cond, cfg_rate)
+            yield x
+
+    def forward(self, mu: Tensor, spks: Tensor, cond: Tensor, n_steps: int, cfg_rate: float,
+                temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """``mu`` (1, 80, M), ``spks`` (1, 80), ``cond`` (1, 80, M) -> mel ``(1, 80, M)`` after ``n_steps`` steps."""
+        *_, x = self.trajectory(mu, spks, cond, n_steps, cfg_rate, temperature, generator)
         return x
 
 
@@ -199,7 +209,7 @@ class CosyVoiceFlow(nn.Module):
             if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < least or ids.is_floating_point():
                 raise ValueError(f"{name} must be integer ids of shape (1, T) with T >= {least}, got "
                                  f"{tuple(ids.shape)} {ids.dtype}")
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
+            if ids.numel() and not ids.is_meta and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
                 raise ValueError(f"{name} must lie in [0, {cfg.vocab_size}), got ids from {int(ids.min())} to "
                                  f"{int(ids.max())}")
         if prompt_mel.dim() != 3 or prompt_mel.shape[0] != 1 or prompt_mel.shape[2] != cfg.mel_bins:
@@ -228,12 +238,21 @@ class CosyVoiceFlow(nn.Module):
                   generator: torch.Generator | None = None) -> Tensor:
         """``tokens`` (1, T), ``prompt_tokens`` (1, Tp), ``prompt_mel`` (1, Tm, 80), ``speaker`` (1, 192)
         -> mel ``(1, 80, mel_frames(T))``; ``n_steps`` / ``cfg_rate`` default to the config's (10 / 0.7)."""
+        *_, mel = self.trajectory(tokens, prompt_tokens, prompt_mel, speaker, n_steps, cfg_rate, generator)
+        return mel
+
+    @torch.inference_mode()
+    def trajectory(self, tokens: Tensor, prompt_tokens: Tensor, prompt_mel: Tensor, speaker: Tensor,
+                   n_steps: int | None = None, cfg_rate: float | None = None,
+                   generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """:meth:`inference` step by step: yields the target mel ``(1, 80, mel_frames(T))`` after each Euler step
+        (the last one is :meth:`inference`'s result)."""
         self.check_inputs(tokens, prompt_tokens, prompt_mel, speaker)
         n_steps = self.config.n_steps if n_steps is None else n_steps
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
         weight = self.encoder_proj.weight
         mu, spks, cond = self.conditions(tokens, prompt_tokens, prompt_mel.to(weight), speaker.to(weight))
-        mel = self.decoder(mu, spks, cond, n_steps, self.config.cfg_rate if cfg_rate is None else cfg_rate,
-                           self.config.temperature, generator)
-        return mel[:, :, prompt_mel.shape[1]:]
+        cfg_rate = self.config.cfg_rate if cfg_rate is None else cfg_rate
+        for mel in self.decoder.trajectory(mu, spks, cond, n_steps, cfg_rate, self.config.temperature, generator):
+            yield mel[:, :, prompt_mel.shape[1]:]

@@ -191,3 +191,11 @@ def test_bad_input_is_one_clear_value_error(smoke_flow, change, message):
 def test_zero_steps_is_refused(smoke_flow):
     with pytest.raises(ValueError, match="n_steps must be at least 1"):
         smoke_flow.inference(**inputs(6), n_steps=0)
+
+
+def test_trajectory_yields_every_euler_step_and_ends_at_the_inference_mel(smoke_flow):
+    steps = list(smoke_flow.trajectory(**inputs(9), n_steps=3, generator=torch.Generator().manual_seed(2)))
+    assert len(steps) == 3 and all(step.shape == (1, 80, mel_frames(9)) for step in steps)
+    final = smoke_flow.inference(**inputs(9), n_steps=3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(steps[-1], final)
+    assert not torch.allclose(steps[0], steps[-1])
