@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from echat.audio import COSYVOICE_HOP_SAMPLES, COSYVOICE_RATE
-from echat.text_tokenizer import echat_home
+from echat.hub import echat_home
 from echat.token2wav.cosyvoice import FLOW_FILE, HIFT_FILE, CosyVoiceToken2Wav, Synthesis
 from echat.token2wav.flow import cosine_time_schedule
 from echat.token2wav.hift import HiFTConfig
