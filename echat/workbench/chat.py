@@ -115,7 +115,7 @@ def load_chat_model(checkpoint: str | Path, device: str | None = None, tokenizer
     """
     path, device = Path(checkpoint), resolve_device(device)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+        raise FileNotFoundError(f"{path}: no such run or checkpoint folder, nor .pt file")
     if path.is_dir():
         model = load_model(path, device)
     else:

@@ -117,7 +117,7 @@ def test_the_loader_takes_the_think_mode_from_the_file_name(reference_pt):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--checkpoint", "missing.pt", "--wav", "in.wav"], "missing.pt: no such checkpoint file or folder"),
+    (["--checkpoint", "missing.pt", "--wav", "in.wav"], "missing.pt: no such run or checkpoint folder, nor .pt file"),
     (["--checkpoint", "CKPT", "--wav", "nowhere.wav"], "nowhere.wav: file not found"),
     (["--checkpoint", "CKPT", "--task", "t2t"], "task t2t reads text: pass it (--text)"),
     (["--checkpoint", "CKPT", "--task", "s2s"], "task s2s listens: pass a wav file (--wav)"),
