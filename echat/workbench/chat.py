@@ -38,10 +38,13 @@ from echat.eval.stage_eval import load_model
 from echat.models.echat import EChat
 from echat.models.generate import GenerationResult
 from echat.prompts import default_options
-from echat.text_tokenizer import load_tokenizer, qwen_tokenizer
+from echat.text_tokenizer import echat_home, load_tokenizer, qwen_tokenizer
 from echat.tokens import TEXT2TEXT, TEXT2TOKEN, TRANSCRIBE, output_type, task_for
 
 CPU_LIMIT_BYTES = 2 << 30  # a .pt larger than 2 GiB is the full model: it needs a GPU
+RELEASE_FOLDER = "OSUM-EChat"  # below $ECHAT_HOME: where `echat download` puts the released files
+COSYVOICE_FOLDER = "CosyVoice-300M-25Hz"  # inside it: the unpacked token2wav tar
+COSYVOICE_WEIGHTS = ("flow.pt", "hift.pt")
 THINK_CHATS = {"s2s": True, "s2t": False}  # name -> speaks its reply; the think mode picks the variant
 TASK_NAMES = {
     "asr": TRANSCRIBE, "asr+p": ASRP_TASK, "emotion": "<EMOTION>", "age": "<AGE>", "gender": "<GENDER>",
@@ -71,6 +74,26 @@ class ChatTurn:
         first = t.first_text_s if t.first_text_s is not None else t.first_speech_s
         out.append(f"timings: first token {first or 0.0:.2f} s, {t.tokens_per_s:.1f} tokens/s, total {t.total_s:.2f} s")
         return out
+
+
+def released_files(checkpoint: str | Path = "", cosyvoice: str | Path = "") -> tuple[Path, Path]:
+    """The released checkpoint and CosyVoice folder: the ones given, else ``echat download``'s places
+    (``$ECHAT_HOME/OSUM-EChat/tag_think_final.pt`` and ``.../CosyVoice-300M-25Hz``)."""
+    release = echat_home() / RELEASE_FOLDER
+    return Path(checkpoint or release / "tag_think_final.pt"), Path(cosyvoice or release / COSYVOICE_FOLDER)
+
+
+def full_world_missing(checkpoint: Path, cosyvoice: Path, preset_name: str = "osum-echat") -> str:
+    """Why the released model cannot talk here, in one line ('' when it can): the preset is not the released one,
+    no CUDA GPU, or files that are missing (each named)."""
+    if preset_name != "osum-echat":
+        return f"PRESET is {preset_name!r}: the released checkpoints load with PRESET = 'osum-echat'"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU here: the 3.5 B model needs one (about 8 GB of GPU memory in bf16)"
+    missing = [p for p in (checkpoint, *(cosyvoice / name for name in COSYVOICE_WEIGHTS)) if not p.is_file()]
+    if missing:
+        return f"missing {', '.join(map(str, missing))}: `echat download tag cosyvoice` fetches them"
+    return ""
 
 
 def resolve_device(device: str | None = None) -> str:

@@ -15,7 +15,15 @@ from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR
 from echat.models.checkpoint import save_reference_checkpoint
 from echat.models.echat import EChat
 from echat.tokens import TEXT2TOKEN, TRANSCRIBE
-from echat.workbench.chat import CPU_LIMIT_BYTES, chat_once, chat_task, load_chat_model, think_of_file
+from echat.workbench.chat import (
+    CPU_LIMIT_BYTES,
+    chat_once,
+    chat_task,
+    full_world_missing,
+    load_chat_model,
+    released_files,
+    think_of_file,
+)
 from tests.conftest import FIXTURES
 
 CLIP = FIXTURES / "wav" / "asrp_0002.wav"
@@ -137,3 +145,20 @@ def test_a_full_size_checkpoint_on_the_cpu_is_refused_before_reading(tmp_path, c
     assert main(["chat", "--checkpoint", str(big), "--wav", str(CLIP), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert f"{big}: a 2.1 GB checkpoint needs a CUDA GPU" in err
+
+
+def test_the_full_world_says_in_one_line_why_it_cannot_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECHAT_HOME", str(tmp_path))
+    checkpoint, cosyvoice = released_files()
+    assert checkpoint == tmp_path / "OSUM-EChat" / "tag_think_final.pt" and cosyvoice.name == "CosyVoice-300M-25Hz"
+    assert "PRESET is 'smoke'" in full_world_missing(checkpoint, cosyvoice, "smoke")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert full_world_missing(checkpoint, cosyvoice).startswith("no CUDA GPU here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cosyvoice.mkdir(parents=True)
+    (cosyvoice / "flow.pt").write_bytes(b"x")
+    why = full_world_missing(checkpoint, cosyvoice)
+    assert str(checkpoint) in why and str(cosyvoice / "hift.pt") in why and "flow.pt" not in why
+    checkpoint.write_bytes(b"x")
+    (cosyvoice / "hift.pt").write_bytes(b"x")
+    assert full_world_missing(checkpoint, cosyvoice) == ""
