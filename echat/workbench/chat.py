@@ -45,6 +45,7 @@ CPU_LIMIT_BYTES = 2 << 30  # a .pt larger than 2 GiB is the full model: it needs
 RELEASE_FOLDER = "OSUM-EChat"  # below $ECHAT_HOME: where `echat download` puts the released files
 COSYVOICE_FOLDER = "CosyVoice-300M-25Hz"  # inside it: the unpacked token2wav tar
 COSYVOICE_WEIGHTS = ("flow.pt", "hift.pt")
+PROMPT_WAV = "prompt.wav"  # the reference's default voice, in or beside the CosyVoice folder
 THINK_CHATS = {"s2s": True, "s2t": False}  # name -> speaks its reply; the think mode picks the variant
 TASK_NAMES = {
     "asr": TRANSCRIBE, "asr+p": ASRP_TASK, "emotion": "<EMOTION>", "age": "<AGE>", "gender": "<GENDER>",
@@ -85,14 +86,16 @@ def released_files(checkpoint: str | Path = "", cosyvoice: str | Path = "") -> t
 
 def full_world_missing(checkpoint: Path, cosyvoice: Path, preset_name: str = "osum-echat") -> str:
     """Why the released model cannot talk here, in one line ('' when it can): the preset is not the released one,
-    no CUDA GPU, or files that are missing (each named)."""
+    no CUDA GPU, or files that are missing (each named; the voice ``prompt.wav`` may lie in or beside ``cosyvoice``)."""
     if preset_name != "osum-echat":
         return f"PRESET is {preset_name!r}: the released checkpoints load with PRESET = 'osum-echat'"
     if not torch.cuda.is_available():
         return "no CUDA GPU here: the 3.5 B model needs one (about 8 GB of GPU memory in bf16)"
     missing = [p for p in (checkpoint, *(cosyvoice / name for name in COSYVOICE_WEIGHTS)) if not p.is_file()]
+    if not any(p.is_file() for p in (cosyvoice / PROMPT_WAV, cosyvoice.parent / PROMPT_WAV)):
+        missing.append(cosyvoice.parent / PROMPT_WAV)
     if missing:
-        return f"missing {', '.join(map(str, missing))}: `echat download tag cosyvoice` fetches them"
+        return f"missing {', '.join(map(str, missing))}: `echat download tag prompt cosyvoice` fetches them"
     return ""
 
 

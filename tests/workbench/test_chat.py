@@ -166,8 +166,10 @@ def test_the_full_world_says_in_one_line_why_it_cannot_run(tmp_path, monkeypatch
     (cosyvoice / "flow.pt").write_bytes(b"x")
     why = full_world_missing(checkpoint, cosyvoice)
     assert str(checkpoint) in why and str(cosyvoice / "hift.pt") in why and "flow.pt" not in why
+    assert str(cosyvoice.parent / "prompt.wav") in why
     checkpoint.write_bytes(b"x")
     (cosyvoice / "hift.pt").write_bytes(b"x")
+    (cosyvoice.parent / "prompt.wav").write_bytes(b"x")  # beside the folder, where echat download puts it
     assert full_world_missing(checkpoint, cosyvoice) == ""
 
 
