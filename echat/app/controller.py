@@ -11,6 +11,9 @@ Design choices:
   text without think, speech codes); each turn can be run again from the history it had.
 - Timings: time to the first text and speech token and tokens/s from the result; the real-time factor is the
   whole call's wall time (token2wav included) over the reply audio's duration.
+- Full world: a model from a released ``.pt`` (:func:`echat.workbench.chat.load_chat_model`, also what Load does
+  with a ``.pt`` path) speaks through the app's ``token2wav`` (the CosyVoice one), which voices every model that
+  has no voice of its own; a mini checkpoint keeps its mini voice.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from echat.app.inputs import AppError, Clip
 from echat.audio import SAMPLE_RATE_HZ
 from echat.config import GenerationOptions, ThinkMode
 from echat.eval.hearing import ASRP_TASK
-from echat.eval.stage_eval import load_model
 from echat.models.generate import Conversation, GenerationResult, StreamEvent
 from echat.prompts import default_options
 from echat.tokens import S2TCHAT, TEXT2TEXT, TEXT2TOKEN, TRANSCRIBE, OutputType, output_type, task_for
+from echat.workbench.chat import load_chat_model
 
 FIXED_TASKS = {"ASR": TRANSCRIBE, "ASR+P": ASRP_TASK, "S2T": S2TCHAT, "S2S": task_for(True, ThinkMode.NONE),
                "TTS": TEXT2TOKEN, "T2T": TEXT2TEXT}
@@ -117,23 +120,32 @@ def check_inputs(kind: OutputType, clip: Clip | None, text: str) -> None:
 class Controller:
     """The app's state: the model (and an optional second one for A/B), and the chat's history."""
 
-    def __init__(self, model, max_turns: int = 5):
-        self.model = model
-        self.chat = Conversation(model, max_turns=max_turns)
+    def __init__(self, model, max_turns: int = 5, token2wav=None):
+        self.token2wav = token2wav  # the voice of models without one of their own (CosyVoice for released ones)
+        self.model = self.voiced(model)
+        self.chat = Conversation(self.model, max_turns=max_turns)
         self.chat_runs: list[RunResult] = []  # one per turn, for replay
 
+    def voiced(self, model):
+        """``model``, speaking through the app's token2wav when it has no token2wav of its own."""
+        if model is not None and self.token2wav is not None and getattr(model, "token2wav", None) is None:
+            model.token2wav = self.token2wav
+        return model
+
     def load(self, path: str):
-        """The model of a run folder or checkpoint (:func:`echat.eval.stage_eval.load_model`), in eval mode."""
+        """The model of a run folder, checkpoint or released ``.pt`` (:func:`echat.workbench.chat.load_chat_model`,
+        on the current model's device), in eval mode and voiced (:meth:`voiced`)."""
+        device = str(self.model.device) if self.model is not None else None
         try:
-            return load_model(path).eval()
+            return self.voiced(load_chat_model(path, device))
         except (OSError, ValueError) as err:
             line = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise AppError(f"cannot load a model: {line if path in line else f'{path}: {line}'}") from err
 
     def use(self, model) -> None:
-        """Make ``model`` the app's model; the chat starts again with it."""
-        self.model = model
-        self.chat = Conversation(model, max_turns=self.chat.max_turns)
+        """Make ``model`` the app's model (voiced, :meth:`voiced`); the chat starts again with it."""
+        self.model = self.voiced(model)
+        self.chat = Conversation(self.model, max_turns=self.chat.max_turns)
         self.chat_runs.clear()
 
     def run(self, clip: Clip | None, text: str, settings: Settings, on_event: EventCallback | None = None,

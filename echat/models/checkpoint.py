@@ -213,10 +213,24 @@ def check_shapes(model, ours: Mapping[str, torch.Tensor], path) -> None:
 def materialise_fixed_buffers(model, device) -> None:
     """Rotary frequencies and the adapter's bigram rotation are non-persistent buffers: rebuild them after
     a meta-device build."""
+    rebuild_rotary(model, device)
+    model.adapter.build_fixed_buffers(device)
+
+
+def rebuild_rotary(model, device) -> None:
+    """The LLM's rotary frequencies, built afresh in float32 on ``device``: ``Module.to(bfloat16)`` casts every
+    floating buffer, and bf16 frequencies (3 significant digits) turn position 1000 by up to ~1 rad off."""
     llm = model.causal_lm.model
     with torch.device(device):
         llm.rotary_emb = type(llm.rotary_emb)(config=llm.config)
-    model.adapter.build_fixed_buffers(device)
+
+
+def place_model(model, device: str | torch.device, dtype: torch.dtype | None = None):
+    """``model`` moved to ``device`` in ``dtype`` (default :func:`default_dtype`), its rotary frequencies kept
+    float32. A tensor already on ``device`` in ``dtype`` is kept as it is, not copied."""
+    model = model.to(device=device, dtype=dtype or default_dtype(device))
+    rebuild_rotary(model, device)
+    return model
 
 
 def save_reference_checkpoint(model, path: str | os.PathLike, dtype=torch.bfloat16) -> Path:

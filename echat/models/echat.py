@@ -27,10 +27,10 @@ from echat.models.adapter import TOKEN_OUTPUTS, Adapter, AdapterOutput, mel_stat
 from echat.models.batch_generate import generate_batch
 from echat.models.checkpoint import (
     check_shapes,
-    default_dtype,
     default_tokenizer,
     load_weights,
     materialise_fixed_buffers,
+    place_model,
     read_checkpoint,
     reference_weights,
     save_checkpoint,
@@ -97,7 +97,7 @@ class EChat(nn.Module):
         model = cls(config, tokenizer if tokenizer is not None else default_tokenizer(config))
         if config.llm.lora.enabled:
             add_lora(model)
-        return model.to(device=device, dtype=default_dtype(device))
+        return place_model(model, device)
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> EChat:
@@ -107,13 +107,15 @@ class EChat(nn.Module):
         if config.llm.lora.enabled:
             add_lora(model)
         load_weights(model, path)
-        return model.to(device=device, dtype=default_dtype(device))
+        return place_model(model, device)
 
     @classmethod
     def from_reference_checkpoint(cls, path, tokenizer=None, device: str | torch.device = "cpu",
-                                  config: EChatConfig | None = None) -> EChat:
+                                  config: EChatConfig | None = None, dtype: torch.dtype | None = None) -> EChat:
         """The weights of a released OSUM-EChat ``.pt`` (or our export of one), built on the meta device and
-        assigned, so that a 3.5 B checkpoint is never held twice."""
+        assigned, so that a 3.5 B checkpoint is never held twice: the file is memory-mapped, its bf16 tensors go
+        straight to ``device`` in ``dtype`` (default bf16 on a GPU, fp32 on the CPU; no float32 copy on the way),
+        and the unused ``ln_speech`` is never loaded."""
         config = config or preset("osum-echat")
         ours = reference_weights(path, config)
         with torch.device("meta"):
@@ -122,7 +124,7 @@ class EChat(nn.Module):
         model.load_state_dict(ours, strict=False, assign=True)
         model.causal_lm.tie_weights()
         materialise_fixed_buffers(model, "cpu")
-        return model.to(device=device, dtype=default_dtype(device))
+        return place_model(model, device, dtype)
 
     def save(self, folder) -> None:
         """Write a checkpoint folder (weights, config, tokenizer), atomically."""

@@ -83,12 +83,13 @@ def ceil_div(lengths: Tensor, stride: int) -> Tensor:
 
 
 def check_lengths(lengths: Tensor, batch: int, max_len: int, where: str) -> None:
-    """Raise ValueError unless ``lengths`` is ``(batch,)`` with every value in ``[1, max_len]``."""
+    """Raise ValueError unless ``lengths`` is ``(batch,)`` with every value in ``[1, max_len]`` (the values only
+    when they exist: a shape run on the meta device has none)."""
     if lengths.shape != (batch,):
         raise ValueError(f"{where}: lengths must have shape ({batch},), got {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
         raise ValueError(f"{where}: lengths must be integers, got {lengths.dtype}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > max_len):
+    if batch and not lengths.is_meta and (int(lengths.min()) < 1 or int(lengths.max()) > max_len):
         raise ValueError(f"{where}: every length must lie in [1, {max_len}], got {lengths.tolist()}")
 
 

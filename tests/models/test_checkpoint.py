@@ -150,3 +150,33 @@ def test_a_config_with_a_size_that_is_not_positive_names_the_field(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(data))
         with pytest.raises(ValueError, match=rf"config\.llm\.{field}: must be a positive integer, got {value}"):
             EChatConfig.load(tmp_path / "config.json")
+
+
+def test_a_bf16_reference_file_loads_in_place_without_a_float32_copy_or_ln_speech(smoke_model, tmp_path, monkeypatch):
+    from echat.models import checkpoint
+
+    path = save_reference_checkpoint(smoke_model, tmp_path / "m.pt")  # bf16, as released
+    read = {}
+
+    def remembering(*args):
+        read.update(ours := checkpoint.reference_weights(*args))
+        return ours
+
+    monkeypatch.setattr("echat.models.echat.reference_weights", remembering)
+    model = EChat.from_reference_checkpoint(path, tokenizer=smoke_model.tokenizer, config=smoke_model.config,
+                                            dtype=torch.bfloat16)
+    assert not any(k.startswith("ln_speech") for k in read) and "ln_speech.weight" in torch.load(path, mmap=True)
+    params = dict(model.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.bfloat16}
+    # every weight is the memory-mapped tensor of the file itself: moved (to a GPU) once, never copied on the way
+    assert all(params[k].data_ptr() == t.data_ptr() for k, t in read.items() if k in params)
+
+
+def test_moving_to_bf16_keeps_the_rotary_frequencies_float32(smoke_model):
+    from echat.models.checkpoint import place_model
+
+    exact = smoke_model.causal_lm.model.rotary_emb.inv_freq.clone()
+    model = place_model(smoke_model, "cpu", torch.bfloat16)
+    rotary = model.causal_lm.model.rotary_emb
+    assert model.dtype == torch.bfloat16 and rotary.inv_freq.dtype == torch.float32
+    assert torch.equal(rotary.inv_freq, exact)
