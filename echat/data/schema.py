@@ -29,6 +29,7 @@ UNKNOWN_KEY = "-"  # shown in a Problem when the record's key is not known
 HISTORY_FIELD = re.compile(r"(wav|txt)_([1-9][0-9]*)")  # multi-turn raw fields, N is 1-based
 _TURN_TOKENS = re.compile(r"speech_token_([1-9][0-9]*)")  # extra field: speech tokens of turn N
 _KEY_IN_BROKEN_LINE = re.compile(r'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
+BLANK_LINE = object()  # what decode_line gives for a blank line (a JSON ``null`` line decodes to None)
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
                int: "an integer", float: "a number", type(None): "null"}
 
@@ -186,7 +187,7 @@ def _build_record(obj: Any, source: str, line: int, codebook_size: int | None, d
     txt = _string(obj, "txt", allow_empty=True)
     task = _task(obj.get("task"), default_task)
     kind = output_type(task)
-    extra = _extra(obj.get("extra"))
+    extra = parse_extra(obj.get("extra"))
     wav = _wav(obj.get("wav"), task, kind)
     start, end = _span(obj.get("start"), obj.get("end"))
     history = _history(obj)
@@ -226,7 +227,8 @@ def _task(value: Any, default: str | None) -> str:
     return task
 
 
-def _extra(value: Any) -> dict[str, Any]:
+def parse_extra(value: Any) -> dict[str, Any]:
+    """A record's ``extra`` as a dict: absent is empty, a JSON string is decoded; ValueError ("extra: ...")."""
     if value is None:
         return {}
     if isinstance(value, str):
@@ -331,6 +333,15 @@ def check_speech_tokens(tokens: Any, codebook_size: int | None = None, *, name: 
 def _parse_line(raw: bytes, source: str, number: int, codebook_size: int | None,
                 default_task: str | None) -> Record | None:
     """Record of one raw line, ``None`` for a blank line; raises :class:`ManifestError`."""
+    obj = decode_line(raw, source, number)
+    if obj is BLANK_LINE:
+        return None
+    return parse_record(obj, source=source, line=number, codebook_size=codebook_size, default_task=default_task)
+
+
+def decode_line(raw: bytes, source: str, number: int) -> Any:
+    """The decoded JSON value of raw line ``number`` (1-based), :data:`BLANK_LINE` for a blank line; raises
+    :class:`ManifestError` for bytes that are not UTF-8 or text that is not JSON."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -340,7 +351,7 @@ def _parse_line(raw: bytes, source: str, number: int, codebook_size: int | None,
         text = text.removeprefix("\ufeff")  # byte-order mark
     text = text.strip()
     if not text:
-        return None
+        return BLANK_LINE
     try:
         obj = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as err:
@@ -348,7 +359,7 @@ def _parse_line(raw: bytes, source: str, number: int, codebook_size: int | None,
         key = found[1] if found and found[1] else UNKNOWN_KEY
         detail = f"{err.msg} (column {err.colno})" if isinstance(err, json.JSONDecodeError) else "nested too deeply"
         raise ManifestError([Problem(source, number, key, f"malformed JSON: {detail}")]) from None
-    return parse_record(obj, source=source, line=number, codebook_size=codebook_size, default_task=default_task)
+    return obj
 
 
 def read_manifest_report(

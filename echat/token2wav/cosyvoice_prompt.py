@@ -116,6 +116,29 @@ def _session(path: Path, device: torch.device) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
+class CosyVoiceSpeechTokenizer:
+    """``speech_tokenizer_v1.onnx`` alone: a 16 kHz wave -> its 25 Hz speech ids (the prompt's tokens, and
+    ``echat tokens extract``'s for user data, which needs no CAM++)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+
+    @classmethod
+    def from_dir(cls, folder: str | PathLike, device: torch.device | str = "cpu") -> CosyVoiceSpeechTokenizer:
+        """Load the folder's ``speech_tokenizer_v1.onnx``; :class:`CosyVoiceFileError` when it is missing."""
+        path = Path(folder) / TOKENIZER_FILE
+        if not path.is_file():
+            raise missing_file_error(TOKENIZER_FILE, folder)
+        return cls(_session(path, torch.device(device)))
+
+    def __call__(self, wave_16k: np.ndarray) -> torch.Tensor:
+        """A 16 kHz wave ``(N,)`` -> its 25 Hz speech ids ``(1, Tp)`` int64."""
+        feats = tokenizer_features(wave_16k)  # (1, 128, T)
+        first, second = (node.name for node in self.session.get_inputs()[:2])
+        ids = self.session.run(None, {first: feats, second: np.array([feats.shape[2]], dtype=np.int32)})[0]
+        return torch.from_numpy(np.asarray(ids).astype(np.int64).reshape(1, -1))
+
+
 class PromptEncoder:
     """The two ONNX models of the CosyVoice folder: :meth:`prompt_from_wav` turns a voice into a :class:`Prompt`."""
 
@@ -135,10 +158,7 @@ class PromptEncoder:
 
     def speech_tokens(self, wave_16k: np.ndarray) -> torch.Tensor:
         """A 16 kHz wave ``(N,)`` -> its 25 Hz speech ids ``(1, Tp)`` int64."""
-        feats = tokenizer_features(wave_16k)  # (1, 128, T)
-        first, second = (node.name for node in self.tokenizer.get_inputs()[:2])
-        ids = self.tokenizer.run(None, {first: feats, second: np.array([feats.shape[2]], dtype=np.int32)})[0]
-        return torch.from_numpy(np.asarray(ids).astype(np.int64).reshape(1, -1))
+        return CosyVoiceSpeechTokenizer(self.tokenizer)(wave_16k)
 
     def speaker(self, wave_16k: np.ndarray) -> torch.Tensor:
         """A 16 kHz wave ``(N,)`` -> CAM++ x-vector ``(1, 192)`` float32."""

@@ -171,12 +171,14 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 def test_read_reports_every_problem_and_keeps_valid_lines(tmp_path):
     good = [json.dumps({"key": f"u{i}", "task": TRANSCRIBE, "wav": f"u{i}.wav", "txt": str(i)}) for i in range(3)]
-    path = write_lines(tmp_path / "m.jsonl", [good[0], '{"key": "b1", "txt": ', "", good[1], "[]", "  ", good[2]])
+    path = write_lines(tmp_path / "m.jsonl", [good[0], '{"key": "b1", "txt": ', "", good[1], "[]", "  ", good[2],
+                                              "null"])
     records, problems = read_manifest_report(path)
     assert [r.key for r in records] == ["u0", "u1", "u2"]
     assert [r.line for r in records] == [1, 4, 7]
-    assert [(p.line, p.key) for p in problems] == [(2, "b1"), (5, "-")]
+    assert [(p.line, p.key) for p in problems] == [(2, "b1"), (5, "-"), (8, "-")]
     assert problems[0].message.startswith("malformed JSON: ")
+    assert problems[2].message == "record: expected a JSON object, got null"  # a null line is no blank line
     with pytest.raises(ManifestError) as caught:
         read_manifest(path)
     assert str(caught.value).splitlines() == [str(p) for p in problems]
