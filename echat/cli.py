@@ -20,6 +20,10 @@ EXAMPLES = {
     "data mini": "echat data mini --size mini --out ~/.cache/echat/echat-mini --seed 0",
     "data check": "echat data check data/fixtures/sample.jsonl\n  echat data check shards/shards_list.txt",
     "layout": "echat layout --preset osum-echat > layout.tsv",
+    "tokens extract": "echat tokens extract --data my/s2s.jsonl --cosyvoice ~/.cache/echat/OSUM-EChat/"
+                      "CosyVoice-300M-25Hz --out my/s2s_tokens.jsonl\n"
+                      "  echat tokens extract --data tts.jsonl --cosyvoice CosyVoice-300M-25Hz --reply-audio-field wav "
+                      "--out tts_tokens.jsonl",
     "download": "echat download --dry-run\n  echat download tag cosyvoice prompt\n"
                 "  echat download all --local-dir ~/Downloads/OSUM-EChat",
     "chat": "echat chat --checkpoint tag_think_final.pt --cosyvoice CosyVoice-300M-25Hz --wav in.wav --out reply.wav\n"
@@ -202,6 +206,19 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_tokens_extract(args) -> int:
+    from echat.data.reply_tokens import extract_reply_tokens
+    from echat.token2wav.cosyvoice_prompt import CosyVoiceSpeechTokenizer
+
+    if not Path(args.cosyvoice).is_dir():
+        raise FileNotFoundError(f"--cosyvoice {args.cosyvoice}: no such folder (the unpacked CosyVoice-300M-25Hz)")
+    tokenizer = CosyVoiceSpeechTokenizer.from_dir(args.cosyvoice)
+    report = extract_reply_tokens(args.data, args.manifest_out, tokenizer, reply_field=args.reply_audio_field,
+                                  base_dir=args.base)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def _default_task_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-task", default=None, metavar="TASK", help="task of records that have none, "
                         "e.g. '<TRANSCRIBE>' (default: such records are errors, each named)")
@@ -213,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                             + "\n  ".join(QUICK_START),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_train, _add_eval, _add_demo, _add_layout, _add_download, _add_chat):
+    for add in (_add_data, _add_tokens, _add_train, _add_eval, _add_demo, _add_layout, _add_download, _add_chat):
         add(sub)
     return parser
 
@@ -239,6 +256,25 @@ def _add_data(sub) -> None:
     check.add_argument("--base", default=None, metavar="DIR", help="folder that relative audio paths start from "
                        "(default: the working directory, then the manifest's folder)")
     _default_task_argument(check)
+
+
+def _add_tokens(sub) -> None:
+    tokens = sub.add_parser("tokens", help="speech tokens for user data").add_subparsers(
+        dest="tokens_command", required=True, metavar="TOKENS_COMMAND")
+    extract = _parser(tokens, "extract", "write a raw jsonl manifest again with extra.speech_token (CosyVoice-300M-"
+                      "25Hz, 25 Hz, 4096 codes) from the reply audio of every TTS/S2S record; other records are "
+                      "copied as read; a bad record is named and left out", cmd_tokens_extract, "tokens extract")
+    extract.add_argument("--data", required=True, metavar="IN.jsonl", help="raw JSON-lines manifest (shard and "
+                         "combine lists are not read: tokenise before making shards)")
+    extract.add_argument("--cosyvoice", required=True, metavar="DIR", help="the unpacked CosyVoice-300M-25Hz folder "
+                         "(its speech_tokenizer_v1.onnx: `echat download cosyvoice`)")
+    extract.add_argument("--out", dest="manifest_out", required=True, metavar="OUT.jsonl",
+                         help="the manifest written (not the input)")
+    extract.add_argument("--reply-audio-field", default=None, metavar="FIELD", help="where the reply audio is: an "
+                         "extra key (e.g. a_wav_path) or wav for the record's own audio (default: extra.a_wav_path, "
+                         "then extra.reply_wav, then a TTS record's wav)")
+    extract.add_argument("--base", default=None, metavar="DIR", help="folder that relative audio paths start from "
+                         "(default: the working directory, then the manifest's folder)")
 
 
 def _add_train(sub) -> None:
