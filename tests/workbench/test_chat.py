@@ -179,8 +179,8 @@ def _full_world_section() -> str:
 
 
 def test_readmes_full_world_commands_parse():
-    """The section's `sh` lines need a GPU and the files: each `echat chat` line parses with echat's parser and each
-    benchmark line with the benchmark's, the variables the block sets filled in."""
+    """The section's `sh` lines need a GPU and the files: each `echat chat` and `echat tokens` line parses with
+    echat's parser and each benchmark line with the benchmark's, the variables the block sets filled in."""
     block = re.search(r"```sh\n(.*?)```", _full_world_section(), re.S).group(1)
     values, parsed = {}, []
     for words in (shlex.split(line, comments=True) for line in block.splitlines()):
@@ -191,13 +191,16 @@ def test_readmes_full_world_commands_parse():
         if words[:2] == ["echat", "chat"]:
             assert build_parser().parse_args(words[1:]).func.__name__ == "cmd_chat"
             parsed.append("chat")
+        elif words[:2] == ["echat", "tokens"]:
+            assert build_parser().parse_args(words[1:]).func.__name__ == "cmd_tokens_extract"
+            parsed.append("tokens")
         elif words[0] == ".venv/bin/python":
             spec = importlib.util.spec_from_file_location("full_model", ROOT / words[1])
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             assert module.parse(words[2:]).out is not None
             parsed.append("benchmark")
-    assert parsed.count("chat") >= 2 and parsed.count("benchmark") == 2
+    assert parsed.count("chat") >= 2 and parsed.count("benchmark") == 2 and parsed.count("tokens") == 1
 
 
 def test_readmes_full_world_python_names_what_exists():
