@@ -76,13 +76,20 @@ def _retied(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> dict
 class _FullWeights:
     """What :func:`safetensors.torch.save_model` reads from a model (``state_dict()``), for a full state dict
     gathered apart from the model: each tied group's names point at one tensor again, so that tensor is stored
-    once under the same name as from the model itself."""
+    once under the same name as from the model itself. A tensor that is a view into a larger buffer (gathered
+    shards) is copied out first: safetensors stores only tensors that cover their whole storage."""
 
     def __init__(self, model: torch.nn.Module, weights: Mapping[str, torch.Tensor]):
-        self.weights = _retied(model, weights)
+        self.weights = _retied(model, {name: _own_storage(tensor) for name, tensor in weights.items()})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.weights)
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, or a copy of it when it is a view into a larger storage."""
+    whole = tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor if whole else tensor.clone()
 
 
 def save_checkpoint(model, folder: str | os.PathLike, weights: Mapping[str, torch.Tensor] | None = None) -> Path:

@@ -22,6 +22,9 @@ Design choices:
   on the same number of ranks (``OPTIMIZER_DEEPSPEED``). Written from DeepSpeed's and accelerate's APIs; not
   run here (DeepSpeed needs CUDA).
 - FSDP1 and ZeRO-3 are refused when the trainer starts, with one line: nothing here was checked against them.
+  So is FSDP2 for a model with a 0-d parameter (``fully_shard`` refuses scalars): the bridge heads' and a
+  token-mix adapter's ``log_scale`` (mini-world stages); the released model's stages have none. Making them
+  1-D would change every checkpoint that holds one.
 """
 
 from __future__ import annotations
@@ -55,6 +58,16 @@ def sharding(acc: Accelerator) -> str | None:
                              f"configs/accelerate/zero2.yaml); this run uses ZeRO stage {stage}")
         return DEEPSPEED
     return None
+
+
+def check_shardable(acc: Accelerator, model: nn.Module) -> None:
+    """Before ``prepare``: under FSDP, a model with 0-d parameters is one ``ValueError`` naming them."""
+    if acc.distributed_type != DistributedType.FSDP:
+        return
+    scalars = [name for name, param in model.named_parameters() if param.dim() == 0]
+    if scalars:
+        raise ValueError(f"FSDP2 cannot shard 0-d parameters ({', '.join(scalars)}; torch's fully_shard refuses "
+                         "scalars): train this model and stage with configs/accelerate/ddp.yaml or zero2.yaml")
 
 
 def gather_weights(acc: Accelerator, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -12,7 +12,9 @@ Design choices:
   DeepSpeed ZeRO-2 every rank joins in gathering the weights (and, under FSDP, the optimizer's state) and the
   folder is the same one full checkpoint (:mod:`echat.train.sharded`).
 - A fresh run seeds every RNG from ``train.seed`` (per rank); resuming restores the data position and
-  every RNG, so N steps straight equal N/2 + resume + N/2.
+  every RNG, so N steps straight equal N/2 + resume + N/2. A run of several processes (or on a GPU) also keeps
+  each rank's own RNG states (``rank_rng``: Python, numpy, torch and CUDA), which that rank gets back when it
+  resumes on as many ranks; a one-process CPU run's files are as they were.
 - A recipe with ``bridge`` wraps the model in :class:`~echat.train.bridge.BridgedModel` (auxiliary CTC
   and cue losses); the bridge heads train alongside and live in ``trainer_state.pt``, never in the model.
 - A non-finite loss stops the run naming the step and batch keys; Ctrl-C saves a resumable checkpoint.
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_model
 from torch import nn
 from tqdm.auto import tqdm
@@ -76,6 +78,7 @@ from echat.train.sharded import (
     FSDP,
     OPTIMIZER_BY_NAME,
     OPTIMIZER_DEEPSPEED,
+    check_shardable,
     gather_optimizer,
     gather_weights,
     load_deepspeed,
@@ -174,6 +177,10 @@ class Trainer:
         self.hearing_clips = distinct_clips(dev or [])[:16]  # stages 0-1 log whether the LLM copies / hears them
         if recipe.bridge or recipe.dictation or recipe.think_drills:
             model = self.model = BridgedModel(model, recipe.bridge, recipe.token_ctc, recipe.dictation)
+        try:
+            check_shardable(self.acc, model)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         self.optimizer = build_optimizer(self.bare_model(model), recipe, self.config,
                                          model.heads if recipe.bridge else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe))
@@ -433,8 +440,9 @@ class Trainer:
         final = self.out / CHECKPOINTS / f"step_{self.state.step:06d}"
         tmp = final.with_name(f".{final.name}.tmp")
         gathered = self._gathered_state()
+        rank_rng = gather_object([_rng_states()]) if self.acc.num_processes > 1 or torch.cuda.is_available() else None
         if self.acc.is_main_process:
-            self._write_files(tmp, final, gathered)
+            self._write_files(tmp, final, gathered, rank_rng)
         if self.sharding == DEEPSPEED:  # each rank's optimizer partition, once the main rank made the folder
             self.acc.wait_for_everyone()
             save_deepspeed(self.model, tmp / DEEPSPEED_DIR)
@@ -465,20 +473,23 @@ class Trainer:
             parts[prefix][name.removeprefix(prefix)] = tensor
         return {"model": parts["echat."], "bridge": parts["heads."], "optimizer": optimizer}
 
-    def _write_files(self, tmp: Path, final: Path, gathered: dict | None) -> None:
+    def _write_files(self, tmp: Path, final: Path, gathered: dict | None, rank_rng: list | None) -> None:
         """The main rank's files of a checkpoint, into ``tmp``: the model in echat's format and
-        ``trainer_state.pt`` (from ``gathered`` when the run shards its state)."""
+        ``trainer_state.pt`` (from ``gathered`` when the run shards its state; ``rank_rng``: every rank's RNG
+        states, in rank order, or None in a one-process CPU run)."""
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             if gathered is None:
                 save_checkpoint(self.bare_model(), tmp)
-                torch.save(self._trainer_state(self.optimizer.state_dict()), tmp / "trainer_state.pt")
+                state = self._trainer_state(self.optimizer.state_dict())
             else:
                 save_checkpoint(self.bare_model(), tmp, weights=gathered["model"])
                 state = self._trainer_state(gathered["optimizer"])
                 state["bridge"] = gathered["bridge"]  # all heads of a BridgedModel: a sharded load wants every key
                 state["optimizer_layout"] = OPTIMIZER_BY_NAME if self.sharding == FSDP else OPTIMIZER_DEEPSPEED
-                torch.save(state, tmp / "trainer_state.pt")
+            if rank_rng is not None:
+                state["rank_rng"] = rank_rng
+            torch.save(state, tmp / "trainer_state.pt")
         except OSError as err:  # e.g. a full disk: the previous checkpoint stays as it was
             shutil.rmtree(tmp, ignore_errors=True)
             raise TrainingError(f"could not save {final} ({err}); the previous checkpoint is intact") from err
@@ -518,10 +529,9 @@ class Trainer:
         if self.acc.is_main_process:  # the steps logged after the checkpoint are run again: log them once
             lines = "".join(json.dumps(record) + "\n" for record in self.state.history)
             (self.out / "metrics.jsonl").write_text(lines, encoding="utf-8")
-        random.setstate(state["python_rng"])
-        name, keys, *rest = state["numpy_rng"]
-        np.random.set_state((name, keys.numpy(), *rest))
-        torch.set_rng_state(state["torch_rng"])
+        _set_rng_states({"python": state["python_rng"], "numpy": state["numpy_rng"], "torch": state["torch_rng"]})
+        if len(state.get("rank_rng", ())) == self.acc.num_processes:  # each rank's own streams go on
+            _set_rng_states(state["rank_rng"][self.acc.process_index])
 
     def _resume_weights(self, path: Path, state: dict) -> None:
         """The model and bridge-head weights of checkpoint ``path`` into this run's (sharded or not) model."""
@@ -560,6 +570,24 @@ class Trainer:
         plot_history(self.state.history, self.out / "loss.png", title=f"stage {self.recipe.name}")
         if any("hearing_first_token" in r or "dictation_first_token" in r for r in self.state.history):
             plot_hearing_history(self.state.history, self.out / "hearing.png")
+
+
+def _rng_states() -> dict:
+    """This process's RNG states: Python, numpy, torch and, on a GPU, CUDA (loadable with ``weights_only``)."""
+    states = {"python": random.getstate(), "numpy": _numpy_rng(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    """Restore :func:`_rng_states`'s states in this process."""
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 def _numpy_rng() -> tuple:
