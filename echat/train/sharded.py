@@ -12,9 +12,9 @@ Design choices:
   the main rank alone and broadcasts them (``set_model_state_dict`` / ``set_optimizer_state_dict`` with
   ``broadcast_from_rank0``), so no other rank holds a full copy. A by-name state also loads into an unsharded
   run (one process or DDP) through the same torch calls.
-- FSDP runs the model's root unit (everything but the Qwen2 decoder layers) only inside its own ``forward``;
-  evaluation and generation call its parts directly, so :func:`whole_root` gathers the root's parameters for
-  them (``FSDPModule.unshard``) and frees them after (``reshard``).
+- Evaluation calls the model's parts directly (generation) after a forward of the whole model (dev loss);
+  FSDP2 keeps the root unit's parameters (everything but the decoder layers) gathered after the root's forward,
+  so those calls see whole weights (the FSDP test's evaluations run).
 - DeepSpeed ZeRO-1/2: the weights are whole on every rank (the main rank writes them; bf16, the dtype DeepSpeed
   trains the module in), the optimizer's fp32 master weights and moments are partitioned. Each rank's
   partition is written by DeepSpeed's own ``engine.save_checkpoint`` into ``deepspeed/`` of the checkpoint
@@ -29,7 +29,6 @@ Design choices:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -71,8 +70,10 @@ def check_shardable(acc: Accelerator, model: nn.Module) -> None:
 
 
 def gather_weights(acc: Accelerator, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full state dict of the prepared ``model`` on the main rank (empty elsewhere under FSDP). Every rank
-    must call it."""
+    """The full state dict of the prepared ``model`` on the main rank, empty elsewhere. Every rank must call it
+    (under FSDP it is a collective; under ZeRO-2 the other ranks skip the copy)."""
+    if sharding(acc) == DEEPSPEED and not acc.is_main_process:
+        return {}
     weights = acc.get_state_dict(model)
     return weights if acc.is_main_process else {}
 
@@ -88,12 +89,9 @@ def gather_optimizer(acc: Accelerator, model: nn.Module, optimizer) -> dict | No
     return get_optimizer_state_dict(model, _torch_optimizer(optimizer), options=options)
 
 
-def load_weights(acc: Accelerator, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Load a full state dict into the prepared ``model``: under FSDP ``weights`` is read on the main rank only
-    (the others pass an empty dict) and broadcast; otherwise each rank loads it."""
-    if sharding(acc) != FSDP:
-        acc.unwrap_model(model).load_state_dict(weights)
-        return
+def load_fsdp_weights(acc: Accelerator, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Under FSDP, load a full state dict into the prepared ``model``: ``weights`` is read on the main rank only
+    (the others pass an empty dict) and broadcast to the shards. Every rank must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
@@ -109,9 +107,8 @@ def load_optimizer_by_name(acc: Accelerator, model: nn.Module, optimizer, state:
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         state = state if acc.is_main_process else {}
     else:
-        options = StateDictOptions(full_state_dict=True)
-    set_optimizer_state_dict(acc.unwrap_model(model) if sharding(acc) != FSDP else model,
-                             _torch_optimizer(optimizer), state, options=options)
+        model, options = acc.unwrap_model(model), StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(model, _torch_optimizer(optimizer), state, options=options)
 
 
 def save_deepspeed(engine, folder: Path) -> None:
@@ -128,20 +125,6 @@ def load_deepspeed(engine, folder: Path) -> None:
                                        load_optimizer_states=True, load_lr_scheduler_states=False)
     if loaded is None:
         raise FileNotFoundError(f"{folder}: DeepSpeed found no checkpoint tagged {DEEPSPEED_TAG!r} to resume from")
-
-
-@contextmanager
-def whole_root(acc: Accelerator, model: nn.Module):
-    """Inside: the FSDP root unit's parameters of the prepared ``model`` gathered, so that its parts can be
-    called outside its ``forward`` (evaluation, generation); a no-op in other runs."""
-    if sharding(acc) != FSDP:
-        yield
-        return
-    model.unshard()
-    try:
-        yield
-    finally:
-        model.reshard()
 
 
 def _torch_optimizer(optimizer):

@@ -82,11 +82,10 @@ from echat.train.sharded import (
     gather_optimizer,
     gather_weights,
     load_deepspeed,
+    load_fsdp_weights,
     load_optimizer_by_name,
-    load_weights,
     save_deepspeed,
     sharding,
-    whole_root,
 )
 from echat.train.stages import set_trainable
 
@@ -342,8 +341,8 @@ class Trainer:
     def _after_step(self) -> None:
         step = self.state.step
         if self.dev_pool.by_family and self.eval_every and step % self.eval_every == 0:
-            with torch.random.fork_rng(devices=[]), whole_root(self.acc, self.model):  # draws nothing from the
-                self.evaluate()  # training's stream; under FSDP the parts it calls hold whole weights
+            with torch.random.fork_rng(devices=[]):  # the evaluation draws nothing from the training's stream
+                self.evaluate()
         if self.save_every and step % self.save_every == 0 and step < self.recipe.max_steps:
             self.save()
 
@@ -544,7 +543,7 @@ class Trainer:
         if isinstance(self.acc.unwrap_model(self.model), BridgedModel) and self.acc.is_main_process:
             weights = {**{f"echat.{k}": v for k, v in weights.items()},
                        **{f"heads.{k}": v for k, v in state.get("bridge", {}).items()}}
-        load_weights(self.acc, self.model, weights)
+        load_fsdp_weights(self.acc, self.model, weights)
 
     def _resume_optimizer(self, path: Path, state: dict) -> None:
         """The optimizer state of checkpoint ``path``, in the layout it was written in (see

@@ -1,6 +1,7 @@
 """Checkpoints of multi-process runs: under FSDP2 (``configs/accelerate/fsdp.yaml``) a checkpoint is one full
 echat folder and a resumed run goes on as if never stopped; the FSDP optimizer state (by parameter name) also
-resumes in one process; under DDP each rank gets its own RNG streams back; FSDP refuses 0-d parameters.
+resumes in one process, a ZeRO-2 one stops an unsharded resume with one line; under DDP each rank gets its own
+RNG streams back; FSDP refuses 0-d parameters, naming them.
 
 The ranks are the worker of ``test_distributed.py`` (two CPU processes over gloo, free port, bounded by a
 timeout), started with the shipped ``fsdp.yaml``. accelerate runs FSDP only on accelerator devices and on the
@@ -29,11 +30,10 @@ from echat.models.echat import EChat
 from echat.train.bridge import BridgedModel
 from echat.train.recipes import stage
 from echat.train.run import _model
-from echat.train.sharded import OPTIMIZER_BY_NAME, check_shardable
-from echat.train.trainer import Trainer
+from echat.train.sharded import OPTIMIZER_BY_NAME, OPTIMIZER_DEEPSPEED, check_shardable
+from echat.train.trainer import Trainer, TrainingError
 from tests.train.test_distributed import ROOT, WORKER
 
-pytestmark = pytest.mark.slow
 FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
 STEPS = 4  # checkpoints at steps 2 and 4; the resumed runs start from step 2
 CLOSE = 1e-6  # straight vs resumed: float rounding, far below what a lost state changes (3e-4 and more)
@@ -81,6 +81,7 @@ def fsdp_run(smoke_corpus, tmp_path_factory) -> tuple[Path, list[dict]]:
     return out, launch_ranks(smoke_corpus, out, "--fsdp")
 
 
+@pytest.mark.slow
 def test_fsdp2_shards_on_two_cpu_ranks_and_writes_one_full_echat_checkpoint(fsdp_run, tmp_path):
     out, ranks = fsdp_run
     assert {(r["distributed_type"], r["backend"], r["parameter_type"]) for r in ranks} == {
@@ -97,12 +98,14 @@ def test_fsdp2_shards_on_two_cpu_ranks_and_writes_one_full_echat_checkpoint(fsdp
     assert sum("dev_loss" in m for m in metrics) == 2  # the evaluations ran on the sharded model
 
 
+@pytest.mark.slow
 def test_fsdp2_resumed_run_matches_the_straight_run(fsdp_run, smoke_corpus, tmp_path):
     out, _ = fsdp_run
     resumed = resumed_from_step_2(smoke_corpus, out, tmp_path, "--fsdp")
     assert_same_training(out / "run" / CHECKPOINTS / f"step_{STEPS:06d}", resumed)
 
 
+@pytest.mark.slow
 def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, smoke_corpus, tmp_path):
     out, _ = fsdp_run
     checkpoint = out / "run" / CHECKPOINTS / "step_000002"
@@ -119,6 +122,21 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, smoke_corpus, tmp_p
     assert torch.equal(by_name["speech_head.weight"], load_file(checkpoint / WEIGHTS)["speech_head.weight"])
 
 
+@pytest.mark.slow
+def test_a_zero2_checkpoint_does_not_resume_without_deepspeed(fsdp_run, smoke_corpus, tmp_path):
+    checkpoint = tmp_path / "step_000002"
+    shutil.copytree(fsdp_run[0] / "run" / CHECKPOINTS / checkpoint.name, checkpoint)
+    state = load_tensors(checkpoint / "trainer_state.pt")
+    torch.save({**state, "optimizer_layout": OPTIMIZER_DEEPSPEED, "optimizer": None}, checkpoint / "trainer_state.pt")
+    model = _model("smoke", smoke_corpus, None)
+    trainer = Trainer(model, stage("smoke", "generation", max_steps=STEPS), load_split(smoke_corpus, "train",
+                      model.config), tmp_path / "run", progress=False)
+    with pytest.raises(TrainingError, match=r"written by a DeepSpeed run; this run \(unsharded\) cannot read its "
+                                            r"optimizer state: .* --init .*step_000002$"):
+        trainer.resume(checkpoint)
+
+
+@pytest.mark.slow
 def test_ddp_resumed_run_matches_the_straight_run(smoke_corpus, tmp_path):
     straight = tmp_path / "straight"
     launch_ranks(smoke_corpus, straight)  # without --fsdp the CPU launch is DDP (MULTI_CPU)
