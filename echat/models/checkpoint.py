@@ -7,6 +7,9 @@ Design choices:
 - Reference files are read with ``torch.load(weights_only=True)`` (no pickle code runs) and
   memory-mapped; the model is built on the meta device and the loaded tensors are assigned, so a
   3.5 B checkpoint is never held twice. Every key and every shape is checked before anything loads.
+- A model whose own state dict holds shards (FSDP) is saved from the full state dict its trainer gathered
+  (``weights``): the tensors of tied parameters are made one again, so the file is the one the whole model
+  writes; :func:`read_full_weights` gives such a model's full state dict back, tied names filled in.
 - This module reads and writes files only; :class:`~echat.models.echat.EChat` builds the model
   (``from_preset``, ``from_checkpoint``, ``from_reference_checkpoint``) with these helpers.
 """
@@ -22,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 from echat.config import EChatConfig
 from echat.models.reference_keys import from_reference_state_dict, reference_state_dict
@@ -52,13 +55,51 @@ def default_tokenizer(config: EChatConfig):
     return build_mini_tokenizer(prompt_texts("mini"), vocab_size=config.text.bpe_vocab_size)
 
 
-def save_checkpoint(model, folder: str | os.PathLike) -> Path:
-    """Write ``folder`` atomically (temporary sibling folder, then rename)."""
+def tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """The groups of parameter names that share one parameter (a tied LLM head and its embedding)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _retied(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` with every name of each tied group of ``model`` pointing at the group's one tensor."""
+    out = dict(weights)
+    for names in tied_names(model):
+        present = [name for name in names if name in out]
+        for name in names if present else []:
+            out[name] = out[present[0]]
+    return out
+
+
+class _FullWeights:
+    """What :func:`safetensors.torch.save_model` reads from a model (``state_dict()``), for a full state dict
+    gathered apart from the model: each tied group's names point at one tensor again, so that tensor is stored
+    once under the same name as from the model itself. A tensor that is a view into a larger buffer (gathered
+    shards) is copied out first: safetensors stores only tensors that cover their whole storage."""
+
+    def __init__(self, model: torch.nn.Module, weights: Mapping[str, torch.Tensor]):
+        self.weights = _retied(model, {name: _own_storage(tensor) for name, tensor in weights.items()})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.weights)
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, or a copy of it when it is a view into a larger storage."""
+    whole = tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor if whole else tensor.clone()
+
+
+def save_checkpoint(model, folder: str | os.PathLike, weights: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write ``folder`` atomically (temporary sibling folder, then rename). ``weights``: the model's full
+    state dict when the model's own holds shards (see the module's docstring)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        save_model(model, str(tmp / WEIGHTS))
+        save_model(model if weights is None else _FullWeights(model, weights), str(tmp / WEIGHTS))
         model.config.save(tmp / CONFIG)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
@@ -74,6 +115,12 @@ def save_checkpoint(model, folder: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def read_full_weights(model: torch.nn.Module, folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``folder/model.safetensors`` as the full state dict of ``model``: every name of a tied group present
+    (the file stores the group's tensor once)."""
+    return _retied(model, load_file(Path(folder) / WEIGHTS))
 
 
 def read_checkpoint(folder: str | os.PathLike) -> tuple[EChatConfig, object]:

@@ -213,10 +213,9 @@ def train_stage(stage: StageRecipe, data: str | Path, out: str | Path, preset: s
         if cache is not None and trainer.acc.is_main_process:
             cache.save()
     trainer.acc.wait_for_everyone()
-    if trainer.acc.is_main_process:
-        trainer.bare_model().save(out / FINAL)
-        if inputs.corpus is not None:
-            keep_speech_tokenizer(inputs.corpus, out / FINAL)
+    trainer.save_model(out / FINAL)  # every rank: under FSDP the weights are gathered from all of them
+    if trainer.acc.is_main_process and inputs.corpus is not None:
+        keep_speech_tokenizer(inputs.corpus, out / FINAL)
     return out / FINAL
 
 

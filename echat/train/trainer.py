@@ -8,9 +8,13 @@ Design choices:
   scales from the recipe (0 = frozen); warm-up then inverse-sqrt (reference), cosine or constant.
 - Checkpoints (``ckpt/step_NNNNNN/``: the model in echat's format + ``trainer_state.pt`` with optimizer,
   scheduler, step, data position and RNG states) are written to a temporary folder and renamed, so a
-  killed run never leaves a broken one; the last ``keep`` are kept; ``latest`` names the newest.
+  killed run never leaves a broken one; the last ``keep`` are kept; ``latest`` names the newest. Under FSDP2 or
+  DeepSpeed ZeRO-2 every rank joins in gathering the weights (and, under FSDP, the optimizer's state) and the
+  folder is the same one full checkpoint (:mod:`echat.train.sharded`).
 - A fresh run seeds every RNG from ``train.seed`` (per rank); resuming restores the data position and
-  every RNG, so N steps straight equal N/2 + resume + N/2.
+  every RNG, so N steps straight equal N/2 + resume + N/2. A run of several processes (or on a GPU) also keeps
+  each rank's own RNG states (``rank_rng``: Python, numpy, torch and CUDA), which that rank gets back when it
+  resumes on as many ranks; a one-process CPU run's files are as they were.
 - A recipe with ``bridge`` wraps the model in :class:`~echat.train.bridge.BridgedModel` (auxiliary CTC
   and cue losses); the bridge heads train alongside and live in ``trainer_state.pt``, never in the model.
 - A non-finite loss stops the run naming the step and batch keys; Ctrl-C saves a resumable checkpoint.
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_model
 from torch import nn
 from tqdm.auto import tqdm
@@ -43,7 +47,14 @@ from echat.config import GenerationOptions
 from echat.data.pipeline import DataPipeline, Sample
 from echat.eval.hearing import distinct_clips, first_token_accuracy
 from echat.eval.probe import probe
-from echat.models.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint, load_tensors, save_checkpoint
+from echat.models.checkpoint import (
+    CHECKPOINTS,
+    LATEST,
+    latest_checkpoint,
+    load_tensors,
+    read_full_weights,
+    save_checkpoint,
+)
 from echat.models.encoder import EncoderCache
 from echat.models.generate import generate
 from echat.train.bridge import (
@@ -61,6 +72,21 @@ from echat.train.bridge import (
 from echat.train.plots import plot_hearing_history, plot_history
 from echat.train.ranks import BARRIER_TIMEOUT_ENV, RankBarrier, barrier_timeout
 from echat.train.recipes import RecordPool, StageRecipe, family, mix_records
+from echat.train.sharded import (
+    DEEPSPEED,
+    DEEPSPEED_DIR,
+    FSDP,
+    OPTIMIZER_BY_NAME,
+    OPTIMIZER_DEEPSPEED,
+    check_shardable,
+    gather_optimizer,
+    gather_weights,
+    load_deepspeed,
+    load_fsdp_weights,
+    load_optimizer_by_name,
+    save_deepspeed,
+    sharding,
+)
 from echat.train.stages import set_trainable
 
 # The dev loss reads the first this-many dev records of each task family of the stage: on EChat-mini all of them
@@ -150,10 +176,18 @@ class Trainer:
         self.hearing_clips = distinct_clips(dev or [])[:16]  # stages 0-1 log whether the LLM copies / hears them
         if recipe.bridge or recipe.dictation or recipe.think_drills:
             model = self.model = BridgedModel(model, recipe.bridge, recipe.token_ctc, recipe.dictation)
+        try:
+            check_shardable(self.acc, model)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         self.optimizer = build_optimizer(self.bare_model(model), recipe, self.config,
                                          model.heads if recipe.bridge else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(self.model, self.optimizer, self.scheduler)
+        try:
+            self.sharding = sharding(self.acc)  # None, FSDP or DEEPSPEED: how checkpoints gather their state
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         self.state = TrainState()
         self.started_phases: set[int] = set()  # phases whose set-up ran (_start_phase)
         self.pipeline = DataPipeline(self.config, self.tokenizer, think=recipe.think, train=True,
@@ -398,23 +432,22 @@ class Trainer:
                 f"was written; {kept}; run the same command with --resume to continue from it")
 
     def _write_checkpoint(self) -> Path:
-        """On the main rank, write ``ckpt/step_NNNNNN`` to a hidden temporary folder and rename it, then point
-        ``latest`` at it and keep the last ``keep``; a failure or a second Ctrl-C while writing removes the
-        temporary folder, so the previous checkpoint stays the latest and loadable."""
+        """Write ``ckpt/step_NNNNNN`` to a hidden temporary folder and rename it, then point ``latest`` at it and
+        keep the last ``keep``; a failure or a second Ctrl-C while writing removes the temporary folder, so the
+        previous checkpoint stays the latest and loadable. The main rank writes; every rank calls this (under
+        FSDP and DeepSpeed every rank has a part in the checkpoint)."""
         final = self.out / CHECKPOINTS / f"step_{self.state.step:06d}"
+        tmp = final.with_name(f".{final.name}.tmp")
+        gathered = self._gathered_state()
+        rank_rng = gather_object([_rng_states()]) if self.acc.num_processes > 1 or torch.cuda.is_available() else None
+        if self.acc.is_main_process:
+            self._write_files(tmp, final, gathered, rank_rng)
+        if self.sharding == DEEPSPEED:  # each rank's optimizer partition, once the main rank made the folder
+            self.acc.wait_for_everyone()
+            save_deepspeed(self.model, tmp / DEEPSPEED_DIR)
+            self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return final
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            save_checkpoint(self.bare_model(), tmp)
-            torch.save(self._trainer_state(), tmp / "trainer_state.pt")
-        except OSError as err:  # e.g. a full disk: the previous checkpoint stays as it was
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise TrainingError(f"could not save {final} ({err}); the previous checkpoint is intact") from err
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         pointer = self.out / CHECKPOINTS / f".{LATEST}.tmp"
@@ -424,8 +457,55 @@ class Trainer:
             shutil.rmtree(old)
         return final
 
-    def _trainer_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+    def _gathered_state(self) -> dict | None:
+        """Under FSDP or DeepSpeed (every rank calls this): the full weights of the EChat model and of the bridge
+        heads and, under FSDP, the optimizer's full state, complete on the main rank; None in other runs."""
+        if self.sharding is None:
+            return None
+        weights = gather_weights(self.acc, self.model)
+        optimizer = gather_optimizer(self.acc, self.model, self.optimizer)
+        if not isinstance(self.acc.unwrap_model(self.model), BridgedModel):
+            return {"model": weights, "bridge": {}, "optimizer": optimizer}
+        parts = {"echat.": {}, "heads.": {}}
+        for name, tensor in weights.items():
+            prefix = name[: name.index(".") + 1]
+            parts[prefix][name.removeprefix(prefix)] = tensor
+        return {"model": parts["echat."], "bridge": parts["heads."], "optimizer": optimizer}
+
+    def _write_files(self, tmp: Path, final: Path, gathered: dict | None, rank_rng: list | None) -> None:
+        """The main rank's files of a checkpoint, into ``tmp``: the model in echat's format and
+        ``trainer_state.pt`` (from ``gathered`` when the run shards its state; ``rank_rng``: every rank's RNG
+        states, in rank order, or None in a one-process CPU run)."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if gathered is None:
+                save_checkpoint(self.bare_model(), tmp)
+                state = self._trainer_state(self.optimizer.state_dict())
+            else:
+                save_checkpoint(self.bare_model(), tmp, weights=gathered["model"])
+                state = self._trainer_state(gathered["optimizer"])
+                state["bridge"] = gathered["bridge"]  # all heads of a BridgedModel: a sharded load wants every key
+                state["optimizer_layout"] = OPTIMIZER_BY_NAME if self.sharding == FSDP else OPTIMIZER_DEEPSPEED
+            if rank_rng is not None:
+                state["rank_rng"] = rank_rng
+            torch.save(state, tmp / "trainer_state.pt")
+        except OSError as err:  # e.g. a full disk: the previous checkpoint stays as it was
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TrainingError(f"could not save {final} ({err}); the previous checkpoint is intact") from err
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def save_model(self, folder: Path) -> None:
+        """Write the EChat model as a checkpoint folder (a stage's ``final``); every rank calls this, the main
+        rank writes."""
+        gathered = self._gathered_state()
+        if self.acc.is_main_process:
+            save_checkpoint(self.bare_model(), folder, weights=gathered and gathered["model"])
+
+    def _trainer_state(self, optimizer: dict | None) -> dict:
+        """Everything but the model that a resumed run needs; ``optimizer``: the optimizer's state."""
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "step": self.state.step, "epoch": self.state.epoch, "phase": self.state.phase,
                 "batch_in_epoch": self.state.batch_in_epoch, "recipe": self.recipe.name,
                 "preset": self.config.name, "python_rng": random.getstate(), "numpy_rng": _numpy_rng(),
@@ -434,26 +514,53 @@ class Trainer:
 
     def resume(self, checkpoint: str | Path | None = None) -> None:
         """Continue from ``checkpoint`` (default: this run's ``latest``): weights, optimizer, scheduler,
-        data position and RNG states."""
+        data position and RNG states. Every rank calls this."""
         path = Path(checkpoint) if checkpoint else latest_checkpoint(self.out)
         state = load_tensors(path / "trainer_state.pt")
         if state["preset"] != self.config.name or state["recipe"] != self.recipe.name:
             raise TrainingError(f"{path} was written by stage {state['recipe']} of preset {state['preset']}, "
                                 f"not stage {self.recipe.name} of {self.config.name}")
-        load_model(self.bare_model(), str(path / "model.safetensors"))
-        if self.recipe.bridge:
-            self.acc.unwrap_model(self.model).heads.load_state_dict(state["bridge"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._resume_weights(path, state)
+        self._resume_optimizer(path, state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(state["step"], state["epoch"], state["phase"], state["batch_in_epoch"],
                                 state["history"])
         if self.acc.is_main_process:  # the steps logged after the checkpoint are run again: log them once
             lines = "".join(json.dumps(record) + "\n" for record in self.state.history)
             (self.out / "metrics.jsonl").write_text(lines, encoding="utf-8")
-        random.setstate(state["python_rng"])
-        name, keys, *rest = state["numpy_rng"]
-        np.random.set_state((name, keys.numpy(), *rest))
-        torch.set_rng_state(state["torch_rng"])
+        _set_rng_states({"python": state["python_rng"], "numpy": state["numpy_rng"], "torch": state["torch_rng"]})
+        if len(state.get("rank_rng", ())) == self.acc.num_processes:  # each rank's own streams go on
+            _set_rng_states(state["rank_rng"][self.acc.process_index])
+
+    def _resume_weights(self, path: Path, state: dict) -> None:
+        """The model and bridge-head weights of checkpoint ``path`` into this run's (sharded or not) model."""
+        if self.sharding != FSDP:
+            load_model(self.bare_model(), str(path / "model.safetensors"))
+            if self.recipe.bridge:
+                self.acc.unwrap_model(self.model).heads.load_state_dict(state["bridge"])
+            return
+        weights = read_full_weights(self.bare_model(), path) if self.acc.is_main_process else {}
+        if isinstance(self.acc.unwrap_model(self.model), BridgedModel) and self.acc.is_main_process:
+            weights = {**{f"echat.{k}": v for k, v in weights.items()},
+                       **{f"heads.{k}": v for k, v in state.get("bridge", {}).items()}}
+        load_fsdp_weights(self.acc, self.model, weights)
+
+    def _resume_optimizer(self, path: Path, state: dict) -> None:
+        """The optimizer state of checkpoint ``path``, in the layout it was written in (see
+        :mod:`echat.train.sharded`); a layout this run cannot read is one :class:`TrainingError`."""
+        layout = state.get("optimizer_layout")
+        if layout == OPTIMIZER_DEEPSPEED and self.sharding == DEEPSPEED:
+            load_deepspeed(self.model, path / DEEPSPEED_DIR)
+        elif layout == OPTIMIZER_BY_NAME and self.sharding != DEEPSPEED:
+            load_optimizer_by_name(self.acc, self.model, self.optimizer, state["optimizer"])
+        elif layout is None and self.sharding is None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            written = {None: "a run without sharding (one process or DDP)", OPTIMIZER_BY_NAME: "an FSDP run",
+                       OPTIMIZER_DEEPSPEED: "a DeepSpeed run"}[layout]
+            raise TrainingError(f"{path} was written by {written}; this run ({self.sharding or 'unsharded'}) cannot "
+                                f"read its optimizer state: resume it with the launch config that wrote it, or "
+                                f"start a new run from its weights with --init {path}")
 
     def plot(self) -> None:
         """``loss.png``: training loss per task and dev loss over steps."""
@@ -462,6 +569,24 @@ class Trainer:
         plot_history(self.state.history, self.out / "loss.png", title=f"stage {self.recipe.name}")
         if any("hearing_first_token" in r or "dictation_first_token" in r for r in self.state.history):
             plot_hearing_history(self.state.history, self.out / "hearing.png")
+
+
+def _rng_states() -> dict:
+    """This process's RNG states: Python, numpy, torch and, on a GPU, CUDA (loadable with ``weights_only``)."""
+    states = {"python": random.getstate(), "numpy": _numpy_rng(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    """Restore :func:`_rng_states`'s states in this process."""
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 def _numpy_rng() -> tuple:

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from echat.config import GenerationOptions, preset
-from echat.models.checkpoint import CheckpointError, save_checkpoint, save_reference_checkpoint
+from echat.models.checkpoint import (
+    WEIGHTS,
+    CheckpointError,
+    read_full_weights,
+    save_checkpoint,
+    save_reference_checkpoint,
+)
 from echat.models.echat import EChat, reference_layout
 from echat.tokens import OutputType
 
@@ -180,3 +186,18 @@ def test_moving_to_bf16_keeps_the_rotary_frequencies_float32(smoke_model):
     rotary = model.causal_lm.model.rotary_emb
     assert model.dtype == torch.bfloat16 and rotary.inv_freq.dtype == torch.float32
     assert torch.equal(rotary.inv_freq, exact)
+
+
+def test_gathered_weights_write_the_same_file_as_the_model_and_read_back_whole(smoke_model, tmp_path):
+    # what FSDP hands the main rank: every tensor a separate copy (ties broken), here views into one big buffer
+    state = smoke_model.state_dict()
+    flat = torch.cat([t.detach().flatten() for t in state.values()])
+    gathered, start = {}, 0
+    for name, tensor in state.items():
+        gathered[name] = flat[start:start + tensor.numel()].view(tensor.shape)
+        start += tensor.numel()
+    save_checkpoint(smoke_model, tmp_path / "model")
+    save_checkpoint(smoke_model, tmp_path / "gathered", weights=gathered)
+    assert (tmp_path / "gathered" / WEIGHTS).read_bytes() == (tmp_path / "model" / WEIGHTS).read_bytes()
+    whole = read_full_weights(smoke_model, tmp_path / "gathered")
+    assert whole.keys() == state.keys() and all(torch.equal(whole[k], state[k]) for k in state)

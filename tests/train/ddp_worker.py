@@ -9,6 +9,13 @@ from the batches the trainer's stream yielded), and SHA-256 hashes of all model 
 raise ``KeyboardInterrupt`` as their step N + 1 starts (Ctrl-C reaching them, the others not);
 ``--write-delay S`` makes the main rank take S seconds more to write a checkpoint; a ``TrainingError`` ends the
 process as ``echat`` does: one line on stderr, exit status 1.
+
+``--fsdp`` runs the trainer under FSDP2 as ``configs/accelerate/fsdp.yaml`` sets it up (started with that file):
+accelerate runs FSDP on accelerator devices only and on the CPU quietly falls back to DDP over gloo
+(``MULTI_CPU``), so this worker turns the process state to FSDP with the plugin the launch config's environment
+describes before the trainer prepares anything (:func:`cpu_fsdp_accelerator`); torch's ``fully_shard`` itself
+runs on the CPU over gloo. ``--until N`` stops after N steps of the ``--steps`` recipe (a resumable checkpoint),
+``--resume`` continues from the run's latest checkpoint, ``--eval-every`` sets the evaluation interval.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from echat.data.pipeline import load_split
 from echat.train.recipes import stage
@@ -28,10 +38,11 @@ from echat.train.run import _model
 from echat.train.trainer import Trainer, TrainingError
 
 
-def weights_hash(model) -> str:
-    """SHA-256 over every parameter and buffer of ``model``, by name."""
+def weights_hash(trainer: Trainer) -> str:
+    """SHA-256 over every parameter and buffer of the trainer's model, by name, as ``get_state_dict`` gives them
+    (every rank calls it; under FSDP only the main rank's is complete)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(trainer.acc.get_state_dict(trainer.model).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -82,7 +93,20 @@ def rank_report(trainer: Trainer, consumed: list[dict], initial_hash: str) -> di
     acc = trainer.acc
     return {"rank": acc.process_index, "world": acc.num_processes, "backend": acc.state.backend,
             "distributed_type": str(acc.distributed_type), "steps": trainer.state.step, "batches": consumed,
-            "initial_hash": initial_hash, "final_hash": weights_hash(acc.unwrap_model(trainer.model))}
+            "parameter_type": type(next(trainer.model.parameters())).__name__,  # DTensor: FSDP2 sharded it
+            "initial_hash": initial_hash, "final_hash": weights_hash(trainer)}
+
+
+def cpu_fsdp_accelerator(accum_steps: int) -> Accelerator:
+    """An accelerator running FSDP2 on the CPU with the plugin of the launch config's ``FSDP_*`` environment
+    (see the module's docstring); otherwise as the trainer makes its own."""
+    plugin = FullyShardedDataParallelPlugin()
+    acc = Accelerator(gradient_accumulation_steps=accum_steps, mixed_precision="no", cpu=True,
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    assert acc.distributed_type == DistributedType.MULTI_CPU, acc.distributed_type  # the fall-back, turned here
+    PartialState().distributed_type = acc.state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = plugin
+    return acc
 
 
 def main() -> None:
@@ -95,19 +119,26 @@ def main() -> None:
     parser.add_argument("--interrupt-ranks", type=int, nargs="*", default=[], help="the ranks that get Ctrl-C")
     parser.add_argument("--interrupt-step", type=int, default=0)
     parser.add_argument("--write-delay", type=float, default=0.0)
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 on the CPU (launched with fsdp.yaml)")
+    parser.add_argument("--until", type=int, default=None, help="stop after this many steps of the --steps recipe")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--eval-every", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = _model("smoke", args.corpus, None)
     samples = load_split(args.corpus, "train", model.config)
     recipe = stage("smoke", args.stage, max_steps=args.steps)
+    acc = cpu_fsdp_accelerator(model.config.train.accum_steps) if args.fsdp else None
     trainer = Trainer(model, recipe, samples, args.out / "run", dev=load_split(args.corpus, "dev", model.config),
-                      eval_every=2, save_every=2, progress=False)
-    consumed, initial = [], weights_hash(trainer.acc.unwrap_model(trainer.model))
+                      eval_every=args.eval_every, save_every=2, progress=False, accelerator=acc)
+    consumed, initial = [], weights_hash(trainer)
     record_batches(trainer, consumed)
     interrupt_at(trainer, args.interrupt_ranks, args.interrupt_step)
     slow_writes(trainer, args.write_delay)
     try:
-        trainer.fit()
+        if args.resume:
+            trainer.resume()
+        trainer.fit(until=args.until)
     except TrainingError as err:
         print(f"echat: error: {err}", file=sys.stderr)
         sys.exit(1)
