@@ -82,6 +82,15 @@ def cmd_data_mini(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from echat.train.trainer import release_process_group
+
+    try:
+        return _train(args)
+    finally:
+        release_process_group()
+
+
+def _train(args) -> int:
     from echat.train.recipes import STAGE_RECIPE, stage
     from echat.train.run import RECIPE_PRESET, ManifestOptions, run_recipe, train_stage
 

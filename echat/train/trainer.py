@@ -589,6 +589,13 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
+def release_process_group() -> None:
+    """Tear torch.distributed's process group down, if this process joined one, before the process ends (what
+    ``Accelerator.end_training`` does, without its trackers): ``echat train`` under ``accelerate launch``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _numpy_rng() -> tuple:
     """numpy's global RNG state with its key array as a tensor (loadable with ``weights_only=True``)."""
     name, keys, *rest = np.random.get_state()
