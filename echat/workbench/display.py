@@ -259,12 +259,17 @@ def batch_table(batches, kind_of: dict | None = None) -> Rendered:
 # --- model anatomy -----------------------------------------------------------------------------
 
 
+# the mini adapter's cue classifiers, token-pack blank and mixing scale
+ADAPTER_REST = "adapter: cue classifiers and token pack"
+
+
 def parameter_counts(model) -> dict[str, int]:
     """Parameters of each part of an :class:`~echat.models.echat.EChat`, every tensor counted once.
 
     Works on a meta-device model (shapes only). A tensor shared by two parts (the tied LLM head is the
     text embedding) counts in the first part only, so the tied head reads 0 and the values add up to
-    the model's total. Parameters outside the listed parts, if any, are reported as ``other``.
+    the model's total. The adapter's parameters outside its three listed modules (the mini adapter's cue
+    classifiers and token pack) are :data:`ADAPTER_REST`; any others ``other``.
     """
     llm = model.causal_lm
     parts = {
@@ -281,12 +286,14 @@ def parameter_counts(model) -> dict[str, int]:
     }
     seen: set[int] = set()
     counts = {}
-    for name, module in [*parts.items(), ("other", model)]:
+    rest = {ADAPTER_REST: model.adapter, "other": model}  # what the listed parts leave, when anything
+    for name, module in [*parts.items(), *rest.items()]:
         fresh = [p for p in module.parameters() if id(p) not in seen]
         seen.update(id(p) for p in fresh)
         counts[name] = sum(p.numel() for p in fresh)
-    if not counts["other"]:
-        del counts["other"]
+    for name in rest:
+        if not counts[name]:
+            del counts[name]
     return counts
 
 

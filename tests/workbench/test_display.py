@@ -88,3 +88,16 @@ def test_confusion_grid_has_a_panel_per_matrix():
     visible = [ax for ax in fig.get_axes() if ax.get_visible() and ax.get_title()]
     assert len(visible) == 4
     assert {ax.get_title() for ax in visible} >= {"age, seen: accuracy 0.50", "gender, unseen: accuracy 0.50"}
+
+
+def test_the_mini_adapters_cue_classifiers_are_counted_as_adapter_parameters():
+    """Notebook 05 maps every part to the module whose learning rate it shows by its name's prefix; on the mini
+    preset the adapter's cue classifiers and token pack fell under ``other`` and the notebook failed."""
+    model = meta_model(preset("mini"))
+    counts = show.parameter_counts(model)
+    rest = sum(p.numel() for p in model.adapter.parameters()) - sum(
+        p.numel() for m in (model.adapter.downsample, model.adapter.transformer, model.adapter.proj)
+        for p in m.parameters())
+    assert rest > 0 and counts[show.ADAPTER_REST] == rest
+    assert "other" not in counts
+    assert all(name.split(":")[0].split()[0] in {"encoder", "adapter", "LLM", "speech"} for name in counts)
