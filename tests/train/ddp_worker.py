@@ -120,10 +120,11 @@ def main() -> None:
     parser.add_argument("--interrupt-ranks", type=int, nargs="*", default=[], help="the ranks that get Ctrl-C")
     parser.add_argument("--interrupt-step", type=int, default=0)
     parser.add_argument("--write-delay", type=float, default=0.0)
-    # FSDP2 on the CPU (launched with fsdp.yaml; a test-only state switch, cpu_fsdp_accelerator): after its report
-    # the worker leaves with os._exit, because the interpreter's teardown after an FSDP2 run on gloo aborted
-    # rank 0 in about one run of six ("terminate called without an active exception", after both reports and
-    # the checkpoints were written; destroying the process group first did not prevent it)
+    # FSDP2 on the CPU (launched with fsdp.yaml; a test-only state switch, cpu_fsdp_accelerator). After its report
+    # the worker (FSDP or DDP) leaves with os._exit, because the interpreter's teardown after a run on gloo aborted
+    # a rank now and then (FSDP2: one launch in six; DDP: once in a whole test run; "terminate called without an
+    # active exception", after the reports and checkpoints were written; destroying the process group first did
+    # not prevent it)
     parser.add_argument("--fsdp", action="store_true", help="FSDP2 on the CPU (launched with fsdp.yaml)")
     parser.add_argument("--until", type=int, default=None, help="stop after this many steps of the --steps recipe")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
@@ -151,10 +152,9 @@ def main() -> None:
         sys.exit(1)
     finally:
         release_process_group()
-    if args.fsdp:  # see below: leave without the interpreter's teardown
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    sys.stdout.flush()  # leave without the interpreter's teardown (see --fsdp below)
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
