@@ -60,6 +60,7 @@ MEL_GROUPS = 5
 # The CosyVoice-300M-25Hz front-end (cosyvoice_mel): 22.05 kHz, 80 mel bins, 256-sample hop (11.6 ms);
 # HiFT makes COSYVOICE_HOP_SAMPLES samples of wave per mel frame.
 COSYVOICE_RATE = 22050  # Hz
+SPEECH_TOKENIZER_MAX_SECONDS = 30.0  # CosyVoice's speech_tokenizer_v1.onnx reads at most this (upstream asserts it)
 COSYVOICE_N_FFT = 1024  # samples (46 ms), also the window length
 COSYVOICE_HOP_SAMPLES = 256
 COSYVOICE_N_MELS = 80

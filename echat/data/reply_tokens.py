@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from echat.audio import SAMPLE_RATE_HZ, AudioError, load_audio
+from echat.audio import SAMPLE_RATE_HZ, SPEECH_TOKENIZER_MAX_SECONDS, AudioError, load_audio
 from echat.config import SpeechConfig
 from echat.data.check import is_shard_list
 from echat.data.schema import (
@@ -64,7 +64,7 @@ from echat.tokens import OutputType, UnknownTaskError, normalize_task, output_ty
 DEFAULT_REPLY_FIELDS = ("a_wav_path", "reply_wav")  # extra keys: the reference's, EChat-mini's
 OWN_AUDIO = "wav"  # the record's own audio: a TTS record's reply
 CODEBOOK_SIZE = SpeechConfig().codebook_size  # 4096 CosyVoice-300M-25Hz codes
-MAX_REPLY_SECONDS = 30.0  # speech_tokenizer_v1.onnx's limit, asserted upstream (token2wav's MAX_PROMPT_SECONDS)
+MAX_REPLY_SECONDS = SPEECH_TOKENIZER_MAX_SECONDS  # speech_tokenizer_v1.onnx's limit, one constant in echat.audio
 
 Tokenize = Callable[[np.ndarray], Any]  # a 16 kHz wave (N,) -> integer ids, any shape (flattened)
 

@@ -35,14 +35,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from echat.audio import COSYVOICE_RATE, SAMPLE_RATE_HZ, cosyvoice_mel, log_mel, resample
+from echat.audio import COSYVOICE_RATE, SAMPLE_RATE_HZ, SPEECH_TOKENIZER_MAX_SECONDS, cosyvoice_mel, log_mel, resample
 
 TOKENIZER_FILE = "speech_tokenizer_v1.onnx"
 CAMPPLUS_FILE = "campplus.onnx"
 TOKENIZER_N_MELS = 128  # Whisper large-v3's filterbank
 FBANK_BINS = 80
 SPEAKER_DIM = 192  # CAM++ x-vector
-MAX_PROMPT_SECONDS = 30.0  # the tokenizer's limit (upstream asserts it)
+MAX_PROMPT_SECONDS = SPEECH_TOKENIZER_MAX_SECONDS  # the tokenizer's limit (upstream asserts it)
 
 
 class CosyVoiceFileError(FileNotFoundError):

@@ -35,15 +35,14 @@ from echat.audio import SAMPLE_RATE_HZ, load_audio
 from echat.config import ThinkMode, preset
 from echat.eval.hearing import ASRP_TASK
 from echat.eval.stage_eval import load_model
+from echat.hub import COSYVOICE_DIR, RELEASED, release_dir
 from echat.models.echat import EChat
 from echat.models.generate import GenerationResult
 from echat.prompts import default_options
-from echat.text_tokenizer import echat_home, load_tokenizer, qwen_tokenizer
+from echat.text_tokenizer import load_tokenizer, qwen_tokenizer
 from echat.tokens import TEXT2TEXT, TEXT2TOKEN, TRANSCRIBE, output_type, task_for
 
 CPU_LIMIT_BYTES = 2 << 30  # a .pt larger than 2 GiB is the full model: it needs a GPU
-RELEASE_FOLDER = "OSUM-EChat"  # below $ECHAT_HOME: where `echat download` puts the released files
-COSYVOICE_FOLDER = "CosyVoice-300M-25Hz"  # inside it: the unpacked token2wav tar
 COSYVOICE_WEIGHTS = ("flow.pt", "hift.pt")
 PROMPT_WAV = "prompt.wav"  # the reference's default voice, in or beside the CosyVoice folder
 THINK_CHATS = {"s2s": True, "s2t": False}  # name -> speaks its reply; the think mode picks the variant
@@ -80,8 +79,8 @@ class ChatTurn:
 def released_files(checkpoint: str | Path = "", cosyvoice: str | Path = "") -> tuple[Path, Path]:
     """The released checkpoint and CosyVoice folder: the ones given, else ``echat download``'s places
     (``$ECHAT_HOME/OSUM-EChat/tag_think_final.pt`` and ``.../CosyVoice-300M-25Hz``)."""
-    release = echat_home() / RELEASE_FOLDER
-    return Path(checkpoint or release / "tag_think_final.pt"), Path(cosyvoice or release / COSYVOICE_FOLDER)
+    release = release_dir()
+    return Path(checkpoint or release / RELEASED["tag"].filename), Path(cosyvoice or release / COSYVOICE_DIR)
 
 
 def full_world_missing(checkpoint: Path, cosyvoice: Path, preset_name: str = "osum-echat") -> str:

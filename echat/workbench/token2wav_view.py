@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from echat.audio import COSYVOICE_HOP_SAMPLES, COSYVOICE_RATE
-from echat.hub import echat_home
+from echat.hub import COSYVOICE_DIR, release_dir
 from echat.token2wav.cosyvoice import FLOW_FILE, HIFT_FILE, CosyVoiceToken2Wav, Synthesis
 from echat.token2wav.flow import cosine_time_schedule
 from echat.token2wav.hift import HiFTConfig
 
-RELEASED_DIR = Path("OSUM-EChat") / "CosyVoice-300M-25Hz"  # below $ECHAT_HOME, as echat download unpacks it
 FRAME_SECONDS = COSYVOICE_HOP_SAMPLES / COSYVOICE_RATE  # 11.6 ms per CosyVoice mel frame
 SOURCE_ZOOM_SECONDS = 0.03  # the NSF source drawn over its first 30 ms of voicing
 MEL_CMAP = "magma"
@@ -36,7 +35,7 @@ GLIDE_HZ = (120.0, 220.0)  # a rising pitch for :func:`glide_source`
 
 def cosyvoice_folder(folder: str | Path = "") -> Path:
     """``folder``, or the released model's place under ``$ECHAT_HOME`` when empty."""
-    return Path(folder) if str(folder) else echat_home() / RELEASED_DIR
+    return Path(folder) if str(folder) else release_dir() / COSYVOICE_DIR
 
 
 def load_cosyvoice(folder: str | Path = "", seed: int = 0) -> tuple[CosyVoiceToken2Wav, str]:
