@@ -266,17 +266,42 @@ def stream(model, audio=None, text: str | None = None, task: str | None = None,
            think: ThinkMode | str | None = None, options: GenerationOptions | None = None,
            history: tuple = (), token2wav=None, interrupt: threading.Event | None = None) -> Iterator[StreamEvent]:
     """Generate, yielding text pieces and speech chunks as they come, then a "done" event. With a
-    token2wav (``token2wav``, else ``model.token2wav``), each speech chunk is followed by an "audio" event
-    holding its wave, and the result's ``audio`` is those waves joined. ``interrupt``: as in :func:`generate`."""
+    token2wav (``token2wav``, else ``model.token2wav``), speech chunks are followed by "audio" events holding
+    their wave, and the result's ``audio`` is those waves joined. A token2wav with a ``streamer()`` (CosyVoice:
+    its chunk rule, the flow over every token so far, cross-faded seams) is fed the chunks and speaks when it
+    is ready; any other vocodes each chunk on its own. ``interrupt``: as in :func:`generate`."""
     vocoder = token2wav if token2wav is not None else getattr(model, "token2wav", None)
-    waves = []
+    voice = _ChunkVoice(vocoder) if vocoder is not None else None
     for event in _events(model, audio, text, task, think, options, history, interrupt):
-        if event.kind == "done" and vocoder is not None and event.result.speech_tokens:
-            event.result.audio = np.concatenate(waves)
+        if event.kind == "done" and voice is not None and event.result.speech_tokens:
+            if (tail := voice.finish()).size:
+                yield StreamEvent("audio", tokens=[], audio=tail)
+            event.result.audio = voice.joined()
         yield event
-        if event.kind == "speech" and vocoder is not None:
-            waves.append(vocoder(event.tokens))
-            yield StreamEvent("audio", tokens=event.tokens, audio=waves[-1])
+        if event.kind == "speech" and voice is not None and (wave := voice.push(event.tokens)).size:
+            yield StreamEvent("audio", tokens=event.tokens, audio=wave)
+
+
+class _ChunkVoice:
+    """The waves of one streamed reply: a token2wav's own streamer when it has one, else each chunk vocoded
+    alone; every wave made is kept for the result's ``audio``."""
+
+    def __init__(self, vocoder) -> None:
+        self.vocoder, self.waves = vocoder, []
+        self.streamer = vocoder.streamer() if hasattr(vocoder, "streamer") else None
+
+    def push(self, tokens: list[int]) -> np.ndarray:
+        wave = self.streamer.push(tokens) if self.streamer is not None else self.vocoder(tokens)
+        self.waves.append(wave)
+        return wave
+
+    def finish(self) -> np.ndarray:
+        wave = self.streamer.finish() if self.streamer is not None else np.zeros(0, dtype=np.float32)
+        self.waves.append(wave)
+        return wave
+
+    def joined(self) -> np.ndarray:
+        return np.concatenate(self.waves).astype(np.float32, copy=False)
 
 
 @torch.inference_mode()

@@ -280,32 +280,46 @@ class CosyVoiceToken2Wav:
         The chunks concatenate to ``mel_frames(T) * 256`` samples for the T speech ids (the one-shot length);
         the chunk rule is :class:`StreamOptions`'s (module docstring).
         """
-        options = options or StreamOptions()
-        voice = self.voice(prompt, speaker)
-        stream = _StreamState(self, voice, options)
-        pending = 0
+        streamer = self.streamer(prompt=prompt, speaker=speaker, options=options)
         for chunk in token_chunks:
-            new = self.speech_ids(chunk)
-            stream.ids.extend(new.tolist())
-            pending += new.size
-            if pending >= options.chunk_tokens:
-                pending = 0
-                piece = stream.run(final=False)
-                if piece.size:
-                    yield piece
-        if stream.ids:
-            yield stream.run(final=True)
+            if (piece := streamer.push(chunk)).size:
+                yield piece
+        if (piece := streamer.finish()).size:
+            yield piece
+
+    def streamer(self, *, prompt: Prompt | None = None, speaker: torch.Tensor | None = None,
+                 options: StreamOptions | None = None) -> CosyVoiceStreamer:
+        """The push form of :meth:`stream`, for a caller that makes the tokens itself
+        (:func:`echat.models.generate.stream`): ``push(chunk)`` then ``finish()``, each returning the samples
+        now certain (possibly none)."""
+        return CosyVoiceStreamer(self, self.voice(prompt, speaker), options or StreamOptions())
 
 
-class _StreamState:
-    """What :meth:`CosyVoiceToken2Wav.stream` keeps between runs: the ids so far, the frames already vocoded,
-    and the held-back tail of samples that the next run cross-fades into."""
+class CosyVoiceStreamer:
+    """Chunked vocoding of one reply (:meth:`CosyVoiceToken2Wav.streamer`): the ids so far, the frames already
+    vocoded, and the held-back tail of samples that the next run cross-fades into."""
 
     def __init__(self, model: CosyVoiceToken2Wav, voice: Prompt, options: StreamOptions) -> None:
         self.model, self.voice, self.options = model, voice, options
         self.ids: list[int] = []
+        self.pending = 0  # ids pushed since the last run
         self.done_frames = 0  # mel frames whose samples were made (the last fade of them held back in tail)
         self.tail = np.zeros(0, dtype=np.float32)
+
+    def push(self, chunk: Sequence[int]) -> np.ndarray:
+        """Add speech tokens ``(n,)`` (ids at or above the vocabulary are dropped); once
+        ``options.chunk_tokens`` new ids have come, the samples now certain, else none."""
+        new = self.model.speech_ids(chunk)
+        self.ids.extend(new.tolist())
+        self.pending += new.size
+        if self.pending < self.options.chunk_tokens:
+            return np.zeros(0, dtype=np.float32)
+        self.pending = 0
+        return self.run(final=False)
+
+    def finish(self) -> np.ndarray:
+        """The rest of the reply's samples (none when no speech id came)."""
+        return self.run(final=True) if self.ids else np.zeros(0, dtype=np.float32)
 
     def run(self, final: bool) -> np.ndarray:
         """Flow over all ids so far, HiFT over the new frames (+ context) -> the samples now certain."""

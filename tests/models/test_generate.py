@@ -150,6 +150,43 @@ def test_a_token2wav_fills_the_audio_and_streams_audio_chunks(smoke_model):
     assert np.array_equal(events[-1].result.audio, np.concatenate([e.audio for e in chunks]))
 
 
+class _StreamingToken2Wav:
+    """A token2wav with a streamer, as CosyVoice's: it speaks every second chunk, and the rest at the end."""
+
+    def __init__(self) -> None:
+        self.pushed: list[list[int]] = []
+        self.owed: list[int] = []
+
+    def __call__(self, tokens):
+        raise AssertionError("a token2wav with a streamer is never called chunk by chunk")
+
+    def streamer(self):
+        return self
+
+    def push(self, tokens):
+        self.pushed.append(list(tokens))
+        self.owed += list(tokens)
+        return self.finish() if len(self.pushed) % 2 == 0 else np.zeros(0, dtype=np.float32)
+
+    def finish(self):
+        wave, self.owed = np.asarray(self.owed, dtype=np.float32), []
+        return wave
+
+
+def test_stream_feeds_a_token2wav_with_a_streamer_and_keeps_every_sample(smoke_model):
+    options = dataclasses.replace(GREEDY, max_speech_tokens=20, stream_chunk=6)
+    vocoder = _StreamingToken2Wav()
+    events = list(stream(smoke_model, text="How are you today?", task="<TEXT2TOKEN>", options=options,
+                         token2wav=vocoder))
+    speech = [e.tokens for e in events if e.kind == "speech"]
+    audio = [e.audio for e in events if e.kind == "audio"]
+    assert vocoder.pushed == speech and len(speech) >= 3
+    assert 0 < len(audio) < len(speech) + 1  # the streamer speaks when it is ready, not per chunk
+    result = events[-1].result
+    assert np.array_equal(result.audio, np.concatenate(audio))
+    assert result.audio.tolist() == [float(t) for t in result.speech_tokens]  # no sample lost or repeated
+
+
 def test_the_stored_think_mode_is_the_default_and_another_one_is_warned_about(smoke_model, wave):
     options = dataclasses.replace(GREEDY, max_new_tokens=5, max_speech_tokens=5)
     assert smoke_model.config.think is ThinkMode.NONE

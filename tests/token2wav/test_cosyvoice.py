@@ -241,6 +241,15 @@ def test_one_stream_run_is_the_one_shot_wave(smoke_t2w):
     np.testing.assert_array_equal(pieces[0], smoke_t2w(tokens))
 
 
+def test_the_streamer_pushed_by_hand_gives_what_stream_gives(smoke_t2w):
+    tokens, options = ids(50), StreamOptions(chunk_tokens=12)
+    streamer = smoke_t2w.streamer(options=options)
+    pushed = [streamer.push(tokens[at:at + 7]) for at in range(0, 50, 7)] + [streamer.finish()]
+    streamed = list(smoke_t2w.stream([tokens[at:at + 7] for at in range(0, 50, 7)], options=options))
+    np.testing.assert_array_equal(np.concatenate(pushed), np.concatenate(streamed))
+    assert sum(p.size > 0 for p in pushed) == len(streamed)
+
+
 def test_stream_skips_boundaries_and_flushes_its_tail(smoke_t2w):
     tokens = ids(30)
     options = StreamOptions(chunk_tokens=10, lookahead_frames=0)
