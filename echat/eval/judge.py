@@ -139,15 +139,30 @@ def _phrases_found(text: str, phrases: dict[str, str]) -> set[str]:
     return {tag for tag, phrase in phrases.items() if phrase and _normalised(phrase) in found}
 
 
-def _on_topic(reply: str, reference: str) -> tuple[bool, set[str]]:
-    """(on topic, intended content words missing from the reply): more than half of the intended reply's
-    content words are in the reply, and at least half of the reply's content words are intended ones
-    (an empty set of content words counts as fully matched on its side)."""
-    wanted, said = content_words(reference), content_words(reply)
+def on_topic(wanted: set[str], said: set[str]) -> bool:
+    """More than half of the intended content words ``wanted`` are ``said``, and at least half of the words
+    ``said`` are wanted (an empty set counts as fully matched on its side)."""
     shared = wanted & said
     recall_ok = not wanted or len(shared) > len(wanted) / 2
     precision_ok = not said or len(shared) >= len(said) / 2
-    return recall_ok and precision_ok, wanted - said
+    return recall_ok and precision_ok
+
+
+@dataclass(frozen=True)
+class RubricPoints:
+    """The rubric's reading of one reply, point by point (see :class:`RubricJudge`)."""
+
+    empty: bool  # the reply has no words (score 1)
+    checks: dict[str, bool]  # cue check -> passed: the deciding cues, then any spurious acknowledgement
+    cue_points: int  # 0..2
+    emotion_point: int  # 0/1
+    content_point: int  # 0/1
+    intended_content: frozenset[str]  # content words of the intended reply
+    reply_content: frozenset[str]  # content words of the reply
+
+    @property
+    def score(self) -> int:
+        return 1 if self.empty else 1 + self.cue_points + self.emotion_point + self.content_point
 
 
 class RubricJudge:
@@ -197,14 +212,19 @@ class RubricJudge:
 
     def judge(self, item: JudgeItem, reply: str, reply_emotion: str | None) -> Verdict:
         """Score ``reply`` (text, tags ignored) said with ``reply_emotion`` against ``item``."""
-        if not _words(reply):
-            return Verdict(1, "empty reply", self.name)
+        points = self.points(item, reply, reply_emotion)
+        reason = "empty reply" if points.empty else _reason(item, reply_emotion, points)
+        return Verdict(points.score, reason, self.name)
+
+    def points(self, item: JudgeItem, reply: str, reply_emotion: str | None) -> RubricPoints:
+        """The rubric's points for ``reply`` said with ``reply_emotion``, check by check."""
         emotion_ok = item.reference_emotion is None or reply_emotion == item.reference_emotion
         checks = _cue_checks(item, reply, emotion_ok)
-        on_topic, missing = _on_topic(reply, item.reference_reply)
-        cue_points = math.floor(2 * sum(checks.values()) / len(checks) + 0.5)
-        score = 1 + cue_points + int(emotion_ok) + int(on_topic)
-        return Verdict(score, _reason(item, reply_emotion, checks, emotion_ok, on_topic, missing), self.name)
+        wanted, said = content_words(item.reference_reply), content_words(reply)
+        return RubricPoints(empty=not _words(reply), checks=checks,
+                            cue_points=math.floor(2 * sum(checks.values()) / len(checks) + 0.5),
+                            emotion_point=int(emotion_ok), content_point=int(on_topic(wanted, said)),
+                            intended_content=frozenset(wanted), reply_content=frozenset(said))
 
 
 def _deciding_fields(item: JudgeItem) -> tuple[str, ...]:
@@ -233,19 +253,19 @@ def _cue_checks(item: JudgeItem, reply: str, emotion_ok: bool) -> dict[str, bool
     return checks
 
 
-def _reason(item: JudgeItem, reply_emotion: str | None, checks: dict[str, bool], emotion_ok: bool,
-            on_topic: bool, missing: set[str]) -> str:
+def _reason(item: JudgeItem, reply_emotion: str | None, points: RubricPoints) -> str:
     """One line naming what the reply missed (or that it missed nothing)."""
     misses = []
-    if not emotion_ok:
+    if not points.emotion_point:
         misses.append(f"reply emotion {reply_emotion or 'unknown'} (intended {item.reference_emotion})")
-    for name, ok in checks.items():
+    for name, ok in points.checks.items():
         if not ok and name in ("age", "event"):
             misses.append(f"{name} {item.cues.get(name, 'unknown')} not acknowledged as intended")
         elif not ok and name.startswith("spurious"):
             misses.append(name)
-    if not on_topic:
-        misses.append("off topic" + (f" (missing: {', '.join(sorted(missing))})" if missing else ""))
+    if not points.content_point:
+        missing = sorted(points.intended_content - points.reply_content)
+        misses.append("off topic" + (f" (missing: {', '.join(missing)})" if missing else ""))
     if not misses:
         unchecked = "" if item.reference_emotion else " (reply emotion not checked: none intended)"
         return "deciding cues acknowledged, reply emotion right, on topic" + unchecked

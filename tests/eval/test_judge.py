@@ -107,6 +107,10 @@ def test_missing_closer_in_a_multi_item_loses_half_the_cue_points():
     assert item.category == "multi"
     verdict = RubricJudge().judge(item, reply.replace(AGE_CLOSERS["<OLD>"], ""), tag)
     assert verdict.score == 4  # 1 + round(2 x 1/2) + 1 + 1
+    points = RubricJudge().points(item, reply.replace(AGE_CLOSERS["<OLD>"], ""), tag)
+    assert points.checks == {"emotion": True, "age": False}
+    assert (points.cue_points, points.emotion_point, points.content_point, points.score) == (1, 1, 1, 4)
+    assert points.intended_content == points.reply_content == {"report"}
 
 
 def test_missing_event_opener_loses_the_cue_points():
