@@ -331,8 +331,8 @@ def _classifier(corpus: Path, records: list[Record], prompt_set: str) -> tuple[R
                         "test_accuracy": label_accuracy(labels, classifier.predict(texts)) if texts else None}
 
 
-def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
-    """The corpus's MiniToken2Wav, or None and the reason the generation stage is skipped."""
+def corpus_token2wav(model, corpus: Path) -> tuple[MiniToken2Wav | None, str | None]:
+    """The corpus's MiniToken2Wav (``speech_tokenizer/``), or None and why not (no folder, another codebook)."""
     folder = corpus / SPEECH_TOKENIZER_DIR
     if not folder.is_dir():
         return None, f"no speech tokenizer folder {folder}"
@@ -340,6 +340,14 @@ def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
     if token2wav.codebook_size != model.config.speech.codebook_size:
         return None, (f"the corpus's speech codebook has {token2wav.codebook_size} tokens, the model's "
                       f"{model.config.speech.codebook_size}")
+    return token2wav, None
+
+
+def _token2wav(model, corpus: Path) -> tuple[Any, str | None]:
+    """The corpus's MiniToken2Wav, or None and the reason the generation stage is skipped."""
+    token2wav, reason = corpus_token2wav(model, corpus)
+    if token2wav is None:
+        return None, reason
     try:
         whisper_base_files()
     except RuntimeError as err:
