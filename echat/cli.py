@@ -28,7 +28,10 @@ EXAMPLES = {
                 "  echat download all --local-dir ~/Downloads/OSUM-EChat",
     "chat": "echat chat --checkpoint tag_think_final.pt --cosyvoice CosyVoice-300M-25Hz --wav in.wav --out reply.wav\n"
             "  echat chat --checkpoint runs/quick/3_empathy --wav data/samples/hello.wav --think tag",
-    "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag",
+    "eval": "echat eval --run runs/mini --data ~/.cache/echat/echat-mini --limit 20 --think tag\n"
+            "  echat eval --benchmark --run runs/mini/recipe/3_empathy --data ~/.cache/echat/echat-mini --limit 20\n"
+            "  echat eval --benchmark --run RUN --data my/items.jsonl --judge llm --judge-url http://localhost:8000/v1 "
+            "--judge-model qwen2.5-7b-instruct",
     "demo": "echat demo --preset mini --out runs/demo\n"
             "  echat demo --preset smoke --out runs/demo-smoke --limit 1 --only 04 05",
     "train": "echat train --recipe mini --data ~/.cache/echat/echat-mini --out runs/mini\n"
@@ -113,7 +116,39 @@ def _train(args) -> int:
     return 0
 
 
+def _eval_benchmark(args) -> int:
+    """``echat eval --benchmark``: EChat-eval of one run into ``--out`` (items.jsonl, summary.json, table.md,
+    summary.png); the summary covers every system already in that folder."""
+    from echat.eval.echat_eval import (
+        OUTPUT_FILES,
+        benchmark_setup,
+        make_judge,
+        render_table,
+        run_benchmark,
+        write_summary,
+    )
+    from echat.eval.stage_eval import load_model
+
+    model = load_model(args.run, args.device)
+    setup = benchmark_setup(model, args.data, args.split, args.limit)
+    for note in setup.notes:
+        print(f"note: {note}")
+    out = Path(args.out or Path(args.run) / "eval_benchmark")
+    judge = make_judge(args.judge, args.judge_url, args.judge_model, out / "judge_cache")
+    system = args.system or Path(args.run).resolve().name
+    run_benchmark(model, setup.items, judge, out, system, args.think, setup.token2wav, setup.classifier,
+                  batch_size=args.batch_size)
+    summary = write_summary(out)
+    print(render_table(summary))
+    for name, failed in summary["failures"].items():
+        print(f"{name}: {len(failed)} failed item(s)" + "".join(f"\n  {f['key']}: {f['error']}" for f in failed))
+    print(f"wrote {', '.join(OUTPUT_FILES)} in {out}")
+    return 0
+
+
 def cmd_eval(args) -> int:
+    if args.benchmark:
+        return _eval_benchmark(args)
     from echat.eval.report import render, save_report
     from echat.eval.stage_eval import evaluate, load_model
     from echat.models.checkpoint import resolve_checkpoint
@@ -326,9 +361,11 @@ def _add_eval(sub) -> None:
                          "empathy) on an EChat-mini corpus, per test subset", cmd_eval)
     evaluation.add_argument("--run", required=True, help="checkpoint folder (config.json + model.safetensors) or "
                             "run folder (its final/ or latest checkpoint, else the newest one inside)")
-    evaluation.add_argument("--data", required=True, help="corpus folder (train/test jsonl, speech_tokenizer/)")
+    evaluation.add_argument("--data", required=True, help="corpus folder (train/test jsonl, speech_tokenizer/); "
+                            "with --benchmark also a jsonl of items")
     evaluation.add_argument("--split", default="test", help="split to evaluate (default test)")
-    evaluation.add_argument("--limit", type=int, default=None, help="at most N items per stage and subset")
+    evaluation.add_argument("--limit", type=int, default=None, help="at most N items per stage and subset "
+                            "(--benchmark: per subset of a corpus, or the first N of a jsonl)")
     evaluation.add_argument("--think", type=ThinkMode, default=ThinkMode.TAG, choices=list(ThinkMode),
                             help="think form of the empathy dialogues (default tag)")
     evaluation.add_argument("--stages", nargs="+", default=["understanding", "generation", "empathy"],
@@ -341,8 +378,19 @@ def _add_eval(sub) -> None:
                                  "the audio, on --limit training clips)")
     evaluation.add_argument("--batch-size", type=int, default=8, metavar="N",
                             help="generation requests decoded together (default 8; the figures do not depend on it)")
-    evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval)")
+    evaluation.add_argument("--out", default=None, help="folder for eval.json and the plots (default RUN/eval; "
+                            "with --benchmark RUN/eval_benchmark)")
     evaluation.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    bench = evaluation.add_argument_group("EChat-eval (--benchmark)")
+    bench.add_argument("--benchmark", action="store_true", help="EChat-eval instead of the stages: spoken replies "
+                       "with --think judged per category (emotion, age, gender, event, multi), bootstrap intervals; "
+                       "--data is a corpus folder or a jsonl of {key, wav, transcript, reply, ...}; resumable")
+    bench.add_argument("--judge", default="rubric", choices=["rubric", "llm"], help="rubric (offline, default) or "
+                       "llm (an OpenAI-compatible server; key in $ECHAT_JUDGE_API_KEY)")
+    bench.add_argument("--judge-url", default=None, metavar="URL", help="the LLM judge's base URL")
+    bench.add_argument("--judge-model", default=None, metavar="M", help="the LLM judge's model name")
+    bench.add_argument("--system", default=None, metavar="NAME", help="name of this run's rows (default: the run "
+                       "folder's name); runs written to one --out are compared in one table")
 
 
 def _add_demo(sub) -> None:
