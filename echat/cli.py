@@ -140,7 +140,7 @@ def _eval_benchmark(args) -> int:
                   batch_size=args.batch_size)
     summary = write_summary(out)
     print(render_table(summary))
-    for name, failed in summary["failures"].items():
+    for name, failed in ((name, failed) for name, failed in summary["failures"].items() if failed):
         print(f"{name}: {len(failed)} failed item(s)" + "".join(f"\n  {f['key']}: {f['error']}" for f in failed))
     print(f"wrote {', '.join(OUTPUT_FILES)} in {out}")
     return 0

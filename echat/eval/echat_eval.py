@@ -508,7 +508,7 @@ def plot_summary(summary: dict, path: str | Path) -> Path:
     ax.set_ylabel(f"score (0-100), {CONFIDENCE:.0%} interval")
     ax.set_title("EChat-eval")
     if systems:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.savefig(path, dpi=110)
     return Path(path)
 
