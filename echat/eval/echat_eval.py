@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -91,6 +92,7 @@ class EvalItem:
 
     @property
     def key(self) -> str:
+        """The item's id, unique within a benchmark."""
         return self.judge_item.key
 
 
@@ -394,6 +396,9 @@ def run_benchmark(model, items: Sequence[EvalItem], judge: Judge, out: str | Pat
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    repeated = sorted(key for key, count in Counter(item.key for item in items).items() if count > 1)
+    if repeated:
+        raise ValueError(f"item keys must be unique; repeated: {', '.join(repeated[:5])}")
     out, think = Path(out), ThinkMode(think)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "items.jsonl"

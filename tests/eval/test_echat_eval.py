@@ -202,6 +202,8 @@ def test_run_benchmark_writes_rows_and_audio_and_resumes(model, token2wav, smoke
                                            "error": failed_audio["error"]}]
     run_benchmark(model, items, RubricJudge(), tmp_path, "tag", "tag", token2wav, progress=False)
     assert path.read_bytes() == first and write_summary(tmp_path) == summary
+    with pytest.raises(ValueError, match="repeated: broken"):
+        run_benchmark(model, [broken, broken], RubricJudge(), tmp_path, "tag", "tag", progress=False)
 
 
 def test_the_judged_text_and_one_failing_generation(model, smoke_corpus, tmp_path, monkeypatch):
