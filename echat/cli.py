@@ -32,6 +32,8 @@ EXAMPLES = {
             "  echat eval --benchmark --run runs/mini/recipe/3_empathy --data ~/.cache/echat/echat-mini --limit 20\n"
             "  echat eval --benchmark --run RUN --data my/items.jsonl --judge llm --judge-url http://localhost:8000/v1 "
             "--judge-model qwen2.5-7b-instruct",
+    "ablate": "echat ablate --recipe mini --out runs/ablate-mini --seeds 0 1\n"
+              "  echat ablate --recipe smoke --out runs/ablate-smoke --seeds 0 --limit 2",
     "demo": "echat demo --preset mini --out runs/demo\n"
             "  echat demo --preset smoke --out runs/demo-smoke --limit 1 --only 04 05",
     "train": "echat train --recipe mini --data ~/.cache/echat/echat-mini --out runs/mini\n"
@@ -194,6 +196,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from echat.eval.ablation import ablate, render_ablation
+    from echat.eval.echat_eval import make_judge
+
+    out = Path(args.out or f"runs/ablate-{args.recipe}")
+    judge = make_judge(args.judge, args.judge_url, args.judge_model, out / "judge_cache")
+    result = ablate(args.recipe, out, tuple(args.seeds), args.limit or None, judge)
+    print(render_ablation(result))
+    print(f"wrote {out / 'ablation.md'}, ablation.json, ablation.png and configs.json")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from echat.workbench.demo import run_demo
     from echat.workbench.figures import summary
@@ -274,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                             + "\n  ".join(QUICK_START),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_tokens, _add_train, _add_eval, _add_demo, _add_layout, _add_download, _add_chat):
+    for add in (_add_data, _add_tokens, _add_train, _add_eval, _add_ablate, _add_demo, _add_layout, _add_download,
+                _add_chat):
         add(sub)
     return parser
 
@@ -385,12 +400,29 @@ def _add_eval(sub) -> None:
     bench.add_argument("--benchmark", action="store_true", help="EChat-eval instead of the stages: spoken replies "
                        "with --think judged per category (emotion, age, gender, event, multi), bootstrap intervals; "
                        "--data is a corpus folder or a jsonl of {key, wav, transcript, reply, ...}; resumable")
-    bench.add_argument("--judge", default="rubric", choices=["rubric", "llm"], help="rubric (offline, default) or "
-                       "llm (an OpenAI-compatible server; key in $ECHAT_JUDGE_API_KEY)")
-    bench.add_argument("--judge-url", default=None, metavar="URL", help="the LLM judge's base URL")
-    bench.add_argument("--judge-model", default=None, metavar="M", help="the LLM judge's model name")
+    _judge_arguments(bench)
     bench.add_argument("--system", default=None, metavar="NAME", help="name of this run's rows (default: the run "
                        "folder's name); runs written to one --out are compared in one table")
+
+
+def _add_ablate(sub) -> None:
+    ablate = _parser(sub, "ablate", "the paper's ablation in miniature (EChat-eval Table 1): full, − dual think, "
+                     "− understanding-driven, − both, and tag against language think; shared stages trained once "
+                     "per seed, every run folder reused when present", cmd_ablate)
+    ablate.add_argument("--recipe", default="mini", choices=["smoke", "mini"])
+    ablate.add_argument("--out", default=None, help="grid folder (default runs/ablate-RECIPE)")
+    ablate.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="corpus and training seeds (default 0 1)")
+    ablate.add_argument("--limit", type=int, default=40, help="EChat-eval items per test subset, 0 for all "
+                        "(default 40)")
+    _judge_arguments(ablate)
+
+
+def _judge_arguments(parser) -> None:
+    """The judge options of EChat-eval (``eval --benchmark``, ``ablate``)."""
+    parser.add_argument("--judge", default="rubric", choices=["rubric", "llm"], help="rubric (offline, default) or "
+                        "llm (an OpenAI-compatible server; key in $ECHAT_JUDGE_API_KEY)")
+    parser.add_argument("--judge-url", default=None, metavar="URL", help="the LLM judge's base URL")
+    parser.add_argument("--judge-model", default=None, metavar="M", help="the LLM judge's model name")
 
 
 def _add_demo(sub) -> None:

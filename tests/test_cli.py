@@ -8,7 +8,8 @@ import pytest
 
 from echat.cli import EXAMPLES, build_parser, main
 
-SUBCOMMANDS = ("data mini", "data check", "tokens extract", "train", "eval", "demo", "layout", "download", "chat")
+SUBCOMMANDS = ("data mini", "data check", "tokens extract", "train", "eval", "ablate", "demo", "layout", "download",
+               "chat")
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:

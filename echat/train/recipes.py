@@ -200,10 +200,12 @@ def _full_stages(steps, think: ThinkMode) -> tuple[StageRecipe, ...]:
         # 0.900 -> 0.975 / 0.975 (seed 1), every unseen field up 7.5-12.5 points; at 0.4 worse on both (E119).
         # On two threads (seed 1's whole run) the parse 0.925 / 0.925 -> 0.950 / 0.950 and the fields moved up
         # to 7.5 points either way (E122); on all 160 dialogues that run's think emotion fell 7.5 / 11.8 (E124).
+        # Drills only with the tag think: a language think quotes the sentence as said (``think_str``), not the
+        # shuffled words, and without a think there is no transcript to drill.
         StageRecipe("empathy", (Phase((("s2s_think", 2.0), ("s2t_think", 2.0), ("s2s", 0.5), ("asrp", 0.5)),
                                       steps(1400)),),
                     _SPEECH_AND_LLM,
-                    lr=5e-4, think=think, think_drills=0.2),
+                    lr=5e-4, think=think, think_drills=0.2 if think is ThinkMode.TAG else 0.0),
     )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 from echat.audio import load_audio
 from echat.config import ThinkMode
-from echat.data.mini.corpus import build_corpus
+from echat.data.mini.corpus import build_corpus_if_absent
 from echat.data.pipeline import DataPipeline, Sample
 from echat.data.schema import read_manifest
 from echat.eval.report import save_report
@@ -75,25 +74,6 @@ def resolve_run_dir(run_dir: str | Path, preset: str) -> Path:
         return Path(run_dir)
     base = NOTEBOOK_DIR.parent / "runs" if NOTEBOOK_DIR.is_dir() else echat_home() / "runs"
     return base / ("demo" if recipe_name(preset) == "mini" else f"demo-{recipe_name(preset)}")
-
-
-def build_corpus_if_absent(folder: str | Path, size: str, seed: int = CORPUS_SEED) -> Path:
-    """``folder`` holding EChat-mini of ``size``, built there (``echat data mini``) when absent.
-
-    A corpus of another size there is an error (one line): a mini run must not train on a smoke corpus.
-    """
-    folder = Path(folder)
-    info = folder / "corpus.json"
-    if info.is_file():
-        found = json.loads(info.read_text(encoding="utf-8")).get("size")
-        if found != size:
-            raise ValueError(f"{folder} holds a {found} EChat-mini corpus, not {size}: use another run folder")
-        return folder
-    print(f"building EChat-mini ({size}, seed {seed}) in {folder}: once", flush=True)
-    start = time.perf_counter()
-    build_corpus(folder, size=size, seed=seed)
-    print(f"built in {time.perf_counter() - start:.0f} s", flush=True)
-    return folder
 
 
 def corpus_for(run_dir: str | Path, preset: str, corpus: str | Path = "") -> Path:

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from echat.data.mini import corpus as mini_corpus
 from echat.data.mini.corpus import SIZES
 from echat.train.recipes import recipe
 from echat.train.run import RECIPE_PRESET
@@ -57,7 +58,7 @@ def test_a_corpus_is_built_once_and_must_have_the_right_size(tmp_path, monkeypat
         out.mkdir(parents=True)
         (out / "corpus.json").write_text(json.dumps({"size": size}))
 
-    monkeypatch.setattr(runs, "build_corpus", fake_build)
+    monkeypatch.setattr(mini_corpus, "build_corpus", fake_build)
     folder = runs.corpus_for(tmp_path, "smoke")
     assert folder == tmp_path / "echat-mini" and calls == [(folder, "smoke", 0)]
     assert runs.corpus_for(tmp_path, "smoke") == folder and len(calls) == 1  # found, not rebuilt

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,3 +345,22 @@ def _summarise(out: Path, size: str, seed: int, splits, codebook_size: int) -> d
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def build_corpus_if_absent(folder: str | Path, size: str, seed: int = 0) -> Path:
+    """``folder`` holding EChat-mini of ``size``, built there (``echat data mini``) when absent.
+
+    A corpus of another size there is an error (one line): a mini run must not train on a smoke corpus.
+    """
+    folder = Path(folder)
+    info = folder / "corpus.json"
+    if info.is_file():
+        found = json.loads(info.read_text(encoding="utf-8")).get("size")
+        if found != size:
+            raise ValueError(f"{folder} holds a {found} EChat-mini corpus, not {size}: use another run folder")
+        return folder
+    print(f"building EChat-mini ({size}, seed {seed}) in {folder}: once", flush=True)
+    start = time.perf_counter()
+    build_corpus(folder, size=size, seed=seed)
+    print(f"built in {time.perf_counter() - start:.0f} s", flush=True)
+    return folder
