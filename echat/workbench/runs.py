@@ -33,6 +33,7 @@ from echat.config import ThinkMode
 from echat.data.mini.corpus import build_corpus_if_absent
 from echat.data.pipeline import DataPipeline, Sample
 from echat.data.schema import read_manifest
+from echat.eval.ablation import ablate
 from echat.eval.report import save_report
 from echat.eval.stage_eval import EMPATHY_OPTIONS, empathy_task, evaluate, load_model, tts_options
 from echat.hub import echat_home
@@ -254,3 +255,26 @@ def empathy_output(model, record, think: ThinkMode | str) -> str:
     evaluation runs it: the record's family in the ``think`` form, greedy, 256 text tokens, no speech."""
     return generate(model, load_audio(record.audio_path()), task=empathy_task(record, think), think=think,
                     options=EMPATHY_OPTIONS).raw_text
+
+
+# ----------------------------------------------------------------------------------------------
+# The ablation grid (notebook 09)
+# ----------------------------------------------------------------------------------------------
+
+
+def ablation_dir(run_dir: str | Path, preset: str, folder: str | Path = "") -> Path:
+    """Where notebook 09 looks for ``echat ablate``'s folder: ``folder``, else ``RUN_DIR/ablation``."""
+    return Path(folder) if folder else resolve_run_dir(run_dir, preset) / "ablation"
+
+
+def find_or_ablate(run_dir: str | Path, preset: str, folder: str | Path = "", seeds: tuple[int, ...] = (0,),
+                   limit: int | None = None, train: bool | None = None) -> dict | None:
+    """The grid's result (:func:`echat.eval.ablation.ablate`): read from ``ablation.json`` when ``echat ablate``
+    wrote the folder (:func:`ablation_dir`), else run now when ``train`` (default: on the smoke preset only —
+    the mini grid trains nine runs per seed, over an hour on two cores); else None."""
+    out = ablation_dir(run_dir, preset, folder)
+    if (out / "ablation.json").is_file():
+        return json.loads((out / "ablation.json").read_text(encoding="utf-8"))
+    if not (recipe_name(preset) == "smoke" if train is None else train):
+        return None
+    return ablate(recipe_name(preset), out, seeds, limit or default_limit(preset), progress=False)
