@@ -19,7 +19,7 @@ A folder ``out`` holds::
     seed{S}/echat-mini/             the corpus of seed S
     seed{S}/runs/{node}/final       the graph's runs
     seed{S}/timings.json            wall seconds of every run trained (kept across calls)
-    seed{S}/understanding.json      stage 1's understanding figures (what the full model hears)
+    seed{S}/understanding-{N}.json  stage 1's understanding figures on N clips per subset (what the full model hears)
     seed{S}/benchmark/items.jsonl   EChat-eval rows of every variant (:mod:`echat.eval.echat_eval`)
     ablation.json, ablation.md, ablation.png, configs.json   the table, the claims, the chart, the settings
 """
@@ -37,7 +37,7 @@ import torch
 from echat.config import ThinkMode
 from echat.data.mini.corpus import build_corpus_if_absent
 from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR
-from echat.eval.echat_eval import corpus_items, plot_summary, render_table, run_benchmark, summarise
+from echat.eval.echat_eval import corpus_items, plot_summary, read_rows, render_table, run_benchmark, summarise
 from echat.eval.judge import CATEGORIES, RubricJudge, reference_results
 from echat.eval.metrics import ReplyEmotionClassifier
 from echat.eval.stage_eval import evaluate, load_model
@@ -155,9 +155,9 @@ def train_grid(recipe: str, out: str | Path, seed: int, variants: tuple[Variant,
 
 
 def understanding_figures(out: str | Path, seed: int, limit: int | None, progress: bool = True) -> dict:
-    """Stage 1's understanding figures of seed ``seed`` (:func:`echat.eval.stage_eval.evaluate`), kept in
-    ``seed{S}/understanding.json``: what the full model's LLM path hears."""
-    path = seed_dir(out, seed) / "understanding.json"
+    """Stage 1's understanding figures of seed ``seed`` (:func:`echat.eval.stage_eval.evaluate`, ``limit`` clips
+    per subset), kept in ``seed{S}/understanding-{limit}.json``: what the full model's LLM path hears."""
+    path = seed_dir(out, seed) / f"understanding-{limit or 'all'}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     model = load_model(run_dir(out, seed, "1_understanding"))
@@ -185,9 +185,8 @@ def benchmark_seed(out: str | Path, seed: int, judge, limit: int | None, variant
         classifier = ReplyEmotionClassifier.from_corpus(corpus, "train", model.config.text.prompt_set)
         path = run_benchmark(model, items, judge, seed_dir(out, seed) / "benchmark", variant.name, variant.think,
                              token2wav=token2wav, classifier=classifier, progress=progress)
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    names = {v.name for v in variants}
-    return [{**row, "seed": seed} for row in rows if row["system"] in names]
+    names, keys = {v.name for v in variants}, {item.key for item in items}
+    return [{**row, "seed": seed} for row in read_rows(path) if row["system"] in names and row["key"] in keys]
 
 
 def paired_difference(rows: list[dict], better: str, worse: str, boot: int = 2000, seed: int = 0) -> dict:
