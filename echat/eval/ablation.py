@@ -36,13 +36,11 @@ import torch
 
 from echat.config import ThinkMode
 from echat.data.mini.corpus import build_corpus_if_absent
-from echat.data.speech_tokens import SPEECH_TOKENIZER_DIR
 from echat.eval.echat_eval import corpus_items, plot_summary, read_rows, render_table, run_benchmark, summarise
 from echat.eval.judge import CATEGORIES, RubricJudge, reference_results
 from echat.eval.metrics import ReplyEmotionClassifier
 from echat.eval.stage_eval import evaluate, load_model
 from echat.models.checkpoint import FINAL
-from echat.token2wav.mini import MiniToken2Wav
 from echat.train.recipes import stage as recipe_stage
 from echat.train.run import RECIPE_PRESET, train_stage
 
@@ -179,12 +177,11 @@ def benchmark_seed(out: str | Path, seed: int, judge, limit: int | None, variant
     rows already in ``seed{S}/benchmark/items.jsonl`` are kept. Returns the rows, each with its ``seed``."""
     corpus = seed_dir(out, seed) / "echat-mini"
     items = corpus_items(corpus, "test", limit)
-    token2wav = MiniToken2Wav.from_folder(corpus / SPEECH_TOKENIZER_DIR)
     for variant in variants:
         model = load_model(run_dir(out, seed, variant.node))
         classifier = ReplyEmotionClassifier.from_corpus(corpus, "train", model.config.text.prompt_set)
         path = run_benchmark(model, items, judge, seed_dir(out, seed) / "benchmark", variant.name, variant.think,
-                             token2wav=token2wav, classifier=classifier, progress=progress)
+                             classifier=classifier, progress=progress)  # speaks with the checkpoint's own voice
     names, keys = {v.name for v in variants}, {item.key for item in items}
     return [{**row, "seed": seed} for row in read_rows(path) if row["system"] in names and row["key"] in keys]
 
