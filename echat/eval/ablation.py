@@ -36,7 +36,16 @@ import torch
 
 from echat.config import ThinkMode
 from echat.data.mini.corpus import build_corpus_if_absent
-from echat.eval.echat_eval import corpus_items, plot_summary, read_rows, render_table, run_benchmark, summarise
+from echat.eval.echat_eval import (
+    bootstrap_means,
+    corpus_items,
+    pending,
+    plot_summary,
+    read_rows,
+    render_table,
+    run_benchmark,
+    summarise,
+)
 from echat.eval.judge import CATEGORIES, RubricJudge, reference_results
 from echat.eval.metrics import ReplyEmotionClassifier
 from echat.eval.stage_eval import evaluate, load_model
@@ -175,15 +184,18 @@ def benchmark_seed(out: str | Path, seed: int, judge, limit: int | None, variant
                    progress: bool = True) -> list[dict]:
     """EChat-eval of every variant of seed ``seed`` on its corpus's test split (``limit`` items per subset);
     rows already in ``seed{S}/benchmark/items.jsonl`` are kept. Returns the rows, each with its ``seed``."""
-    corpus = seed_dir(out, seed) / "echat-mini"
+    corpus, folder = seed_dir(out, seed) / "echat-mini", seed_dir(out, seed) / "benchmark"
     items = corpus_items(corpus, "test", limit)
     for variant in variants:
+        if not pending(items, folder, variant.name):
+            continue  # every item judged already: the model is not even loaded
         model = load_model(run_dir(out, seed, variant.node))
         classifier = ReplyEmotionClassifier.from_corpus(corpus, "train", model.config.text.prompt_set)
-        path = run_benchmark(model, items, judge, seed_dir(out, seed) / "benchmark", variant.name, variant.think,
-                             classifier=classifier, progress=progress)  # speaks with the checkpoint's own voice
+        run_benchmark(model, items, judge, folder, variant.name, variant.think, classifier=classifier,
+                      progress=progress)  # speaks with the checkpoint's own voice
     names, keys = {v.name for v in variants}, {item.key for item in items}
-    return [{**row, "seed": seed} for row in read_rows(path) if row["system"] in names and row["key"] in keys]
+    return [{**row, "seed": seed} for row in read_rows(folder / "items.jsonl")
+            if row["system"] in names and row["key"] in keys]
 
 
 def paired_difference(rows: list[dict], better: str, worse: str, boot: int = 2000, seed: int = 0) -> dict:
@@ -201,10 +213,8 @@ def paired_difference(rows: list[dict], better: str, worse: str, boot: int = 200
     if not by_seed:
         return {"better": better, "worse": worse, "n": 0, "mean": None, "low": None, "high": None,
                 "verdict": "no items"}
-    rng = np.random.default_rng(seed)
     groups = [np.asarray(d) for d in by_seed.values()]
-    means = [np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]).mean() for _ in range(boot)]
-    low, high = np.percentile(means, [2.5, 97.5])
+    low, high = np.percentile(bootstrap_means(groups, boot, seed), [2.5, 97.5])
     mean = float(np.concatenate(groups).mean())
     verdict = "holds" if low > 0 else "reversed" if high < 0 else "not resolved (the interval spans 0)"
     return {"better": better, "worse": worse, "n": int(sum(len(g) for g in groups)), "mean": round(mean, 1),

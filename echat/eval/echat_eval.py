@@ -384,6 +384,12 @@ def _batches(items: Sequence[EvalItem], size: int):
         yield items[at:at + size]
 
 
+def pending(items: Sequence[EvalItem], out: str | Path, system: str) -> list[EvalItem]:
+    """The items of ``items`` that ``out/items.jsonl`` holds no row of ``system`` for (what is left to judge)."""
+    done = {row.get("key") for row in read_rows(Path(out) / "items.jsonl") if row.get("system") == system}
+    return [item for item in items if item.key not in done]
+
+
 def run_benchmark(model, items: Sequence[EvalItem], judge: Judge, out: str | Path, system: str,
                   think: ThinkMode | str, token2wav=None, classifier: ReplyEmotionClassifier | None = None,
                   progress: bool = True, batch_size: int = BATCH_SIZE) -> Path:
@@ -402,8 +408,7 @@ def run_benchmark(model, items: Sequence[EvalItem], judge: Judge, out: str | Pat
     out, think = Path(out), ThinkMode(think)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "items.jsonl"
-    done = {row.get("key") for row in read_rows(path) if row.get("system") == system}
-    todo = [item for item in items if item.key not in done]
+    todo = pending(items, out, system)
     run = _Run(model, judge, out, system, think, token2wav or getattr(model, "token2wav", None), classifier)
     was_training = model.training
     model.eval()
@@ -426,8 +431,9 @@ def run_benchmark(model, items: Sequence[EvalItem], judge: Judge, out: str | Pat
 # ----------------------------------------------------------------------------------------------
 
 
-def _bootstrap_means(groups: list[np.ndarray], boot: int, seed: int) -> np.ndarray:
-    """``boot`` means (boot,) of the pooled groups, each group's items resampled with replacement on its own."""
+def bootstrap_means(groups: list[np.ndarray], boot: int, seed: int) -> np.ndarray:
+    """``boot`` means (boot,) of the pooled groups, each group's items resampled with replacement on its own
+    (groups: the seeds, so an interval over two seeds keeps each seed's items together)."""
     rng = np.random.default_rng(seed)
     sums = np.zeros(boot)
     for scores in groups:
@@ -448,7 +454,7 @@ def _cell(rows: list[dict], boot: int, seed: int) -> dict | None:
         groups.setdefault(str(row.get("seed")), []).append(row["score"] * SCORE_SCALE)
     arrays = [np.asarray(scores, dtype=float) for scores in groups.values()]
     tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.percentile(_bootstrap_means(arrays, boot, seed), [tail, 100 - tail])
+    low, high = np.percentile(bootstrap_means(arrays, boot, seed), [tail, 100 - tail])
     return {**cell, "mean": float(np.concatenate(arrays).mean()), "low": float(low), "high": float(high)}
 
 

@@ -508,5 +508,10 @@ def _seconds(value: str | None) -> float | None:
 
 def reference_results(path: Path = REFERENCE_RESULTS) -> dict:
     """The paper's EChat-eval tables (``data/reference_results.json``): GPT-4o-judged scores and the human
-    evaluation, 0-100 as printed, None for "-", with their sources. Another judge and scale than ours."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    evaluation, 0-100 as printed, None for "-", with their sources. Another judge and scale than ours.
+    The file lives in the source checkout (``data/``), beside the notebooks: an install without it is told so."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the paper's EChat-eval tables are not there; they are read from a source "
+                                "checkout of echat (git clone, then pip install -e .)")
+    return json.loads(path.read_text(encoding="utf-8"))

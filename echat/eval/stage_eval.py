@@ -38,6 +38,9 @@ Protocol:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -45,6 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from echat.audio import load_audio
@@ -185,6 +189,7 @@ class StageContext:
     device: str
     progress: bool
     batch_size: int = BATCH_SIZE
+    cache: Path | None = None  # where the ground truth's round trips are kept (the corpus's cache/ folder)
 
     @property
     def prompt_set(self) -> str:
@@ -265,8 +270,7 @@ def run_generation(ctx: StageContext, records: list[Record], desc: str) -> dict:
     spoken = [result.speech_tokens for result in results]
     waves = [result.audio if result.audio is not None else ctx.token2wav(result.speech_tokens) for result in results]
     truth = [list(r.extra["speech_token"])[:WHISPER_MAX_TOKENS] for r in records]
-    texts = transcribe(waves + [ctx.token2wav(tokens) for tokens in truth], device=ctx.device,
-                       progress=ctx.progress)
+    texts = transcribe(waves, device=ctx.device, progress=ctx.progress) + truth_round_trip(ctx, records, truth)
     refs = [r.txt for r in records]
     wer_model, wer_truth = wer(refs, texts[:len(refs)]), wer(refs, texts[len(refs):])
     return {"items": len(records), "skipped": None, "wer_model": wer_model, "wer_ground_truth": wer_truth,
@@ -275,6 +279,30 @@ def run_generation(ctx: StageContext, records: list[Record], desc: str) -> dict:
             "speech_tokens_ground_truth": sum(map(len, truth)) / len(truth),
             "examples": [{"key": r.key, "reference": r.txt, "model": m, "ground_truth": t}
                          for r, m, t in list(zip(records, texts, texts[len(refs):]))[:2]]}
+
+
+def truth_round_trip(ctx: StageContext, records: list[Record], truth: list[list[int]]) -> list[str]:
+    """Whisper's transcript of each record's ground-truth speech tokens ``truth`` spoken by ``ctx.token2wav``.
+
+    Why kept: they depend on the corpus, the token2wav and Whisper only, never on the model evaluated, and they
+    were half of the generation stage's time (Whisper reads a 30 s window per clip). With a token2wav that has a
+    ``fingerprint`` they are read from and added to ``ctx.cache/tts-truth-{fingerprint}.json``, each under its
+    record's key with a digest of its tokens (tokens that changed are transcribed again)."""
+    fingerprint = getattr(ctx.token2wav, "fingerprint", None)
+    path = ctx.cache / f"tts-truth-{fingerprint()}.json" if ctx.cache and fingerprint else None
+    kept = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+    digests = [hashlib.blake2b(np.asarray(tokens, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
+               for tokens in truth]
+    todo = [i for i, r in enumerate(records) if kept.get(r.key, {}).get("tokens") != digests[i]]
+    if todo:
+        texts = transcribe([ctx.token2wav(truth[i]) for i in todo], device=ctx.device, progress=ctx.progress)
+        kept |= {records[i].key: {"tokens": digests[i], "text": text} for i, text in zip(todo, texts)}
+    if path and todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    return [kept[r.key]["text"] for r in records]
 
 
 def reference_reply_emotion(record: Record, prompt_set: str) -> str:
@@ -407,7 +435,8 @@ def evaluate(model, corpus: str | Path, split: str = "test", stages: Sequence[st
     prompt_set = model.config.text.prompt_set
     classifier, classifier_info = _classifier(corpus, records, prompt_set) if "empathy" in stages else (None, None)
     token2wav, reason = _token2wav(model, corpus) if "generation" in stages else (None, None)
-    ctx = StageContext(model, think, limit, classifier, token2wav, reason, model.device.type, progress, batch_size)
+    ctx = StageContext(model, think, limit, classifier, token2wav, reason, model.device.type, progress, batch_size,
+                       cache=corpus / "cache")
     report = {"model": model.config.name, "corpus": str(corpus), "split": split, "stages": list(stages),
               "think": think, "limit": limit, "batch_size": batch_size, "prompt_set": prompt_set, "protocol": PROTOCOL,
               "reply_emotion_classifier": classifier_info, "subsets": {}}

@@ -20,6 +20,7 @@ Design choices:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -93,6 +94,14 @@ class MiniToken2Wav:
     @property
     def codebook_size(self) -> int:
         return self.tokenizer.codebook_size
+
+    def fingerprint(self) -> str:
+        """16 hex digits that change with anything a wave depends on: the codebook, Griffin-Lim's iterations and
+        seed, the peak level."""
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(np.ascontiguousarray(self.tokenizer.codebook).tobytes())
+        digest.update(f"{self.n_iter} {self.seed} {self.peak}".encode())
+        return digest.hexdigest()
 
     def speech_ids(self, tokens: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
         """The ids that are speech: int64 ``(L',)``, boundary ids (>= codebook_size) dropped."""

@@ -42,8 +42,10 @@ def test_paired_difference_reads_the_same_items_of_both_systems():
     failed = _rows("a", [5, 5]) + [{"system": "b", "key": "k0", "score": None, "seed": 0}]
     assert paired_difference(failed, "a", "b")["n"] == 0  # a failed item is compared with nothing
     two_seeds = _rows("a", [5] * 4) + _rows("b", [1] * 4) + _rows("a", [5] * 4, seed=1) + _rows("b", [5] * 4, seed=1)
-    assert paired_difference(two_seeds, "a", "b") | {} == paired_difference(two_seeds, "a", "b")
-    assert paired_difference(two_seeds, "a", "b")["n"] == 8
+    first, again = paired_difference(two_seeds, "a", "b"), paired_difference(two_seeds, "a", "b")
+    assert first == again and first["n"] == 8  # the bootstrap is seeded: the same interval every time
+    # each seed's items are resampled among themselves (each seed is constant here): pooled, they would spread
+    assert first["low"] == first["mean"] == first["high"] == pytest.approx(40.0)
 
 
 def test_drills_belong_to_the_tag_think_only():
@@ -54,7 +56,7 @@ def test_drills_belong_to_the_tag_think_only():
     assert stage("mini", "empathy", ThinkMode.NONE).think_drills == 0
 
 
-def test_echat_ablate_smoke_trains_the_grid_once_evaluates_and_reruns_without_work(tmp_path, capsys):
+def test_echat_ablate_smoke_trains_the_grid_once_evaluates_and_reruns_without_work(tmp_path, capsys, monkeypatch):
     out = tmp_path / "ablate"
     args = ["ablate", "--recipe", "smoke", "--out", str(out), "--seeds", "0", "--limit", "1"]
     assert main(args) == 0
@@ -73,7 +75,10 @@ def test_echat_ablate_smoke_trains_the_grid_once_evaluates_and_reruns_without_wo
     items = (out / "seed0" / "benchmark" / "items.jsonl").read_text(encoding="utf-8")
     finals = {n.name: (ablation.run_dir(out, 0, n.name) / FINAL / "model.safetensors").stat().st_mtime for n in NODES}
     capsys.readouterr()
-    assert main(args) == 0  # everything found: no run trained, no item judged again, the same table
+    loaded = []
+    monkeypatch.setattr(ablation, "load_model", lambda run: loaded.append(run))
+    assert main(args) == 0  # everything found: no run trained, no model loaded, no item judged, the same table
+    assert loaded == []
     assert "[ablate]" not in capsys.readouterr().out
     assert (out / "seed0" / "benchmark" / "items.jsonl").read_text(encoding="utf-8") == items
     assert {n.name: (ablation.run_dir(out, 0, n.name) / FINAL / "model.safetensors").stat().st_mtime

@@ -403,3 +403,8 @@ def test_reference_results_load():
     assert auto["OSUM-EChat − Dual Think − U-Driven"]["scores"]["event"] == 10.4
     human = {row["system"]: row for row in results["tables"]["echat_eval_human"]["rows"]}
     assert list(human["OSUM-EChat"]["scores"].values()) == [72.0, 68.9, 65.8, 88.0, 73.3]
+
+
+def test_reference_results_missing_says_where_they_are_read_from(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json: the paper's EChat-eval tables .* source checkout"):
+        reference_results(tmp_path / "missing.json")

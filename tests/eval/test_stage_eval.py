@@ -266,6 +266,44 @@ def test_generation_is_skipped_without_a_speech_tokenizer(model, corpus, tmp_pat
         assert "speech tokenizer" in stages["generation"]["skipped"]
 
 
+class _Voice:
+    """A token2wav whose wave is one sample per token, with the fingerprint the round-trip cache is keyed by."""
+
+    def __init__(self, name: str = "a"):
+        self.name, self.spoken = name, 0
+
+    def fingerprint(self) -> str:
+        return self.name
+
+    def __call__(self, tokens):
+        self.spoken += 1
+        return np.zeros(len(tokens), dtype=np.float32)
+
+
+def test_the_ground_truths_round_trip_is_transcribed_once_per_corpus_and_voice(tmp_path, monkeypatch):
+    from echat.eval import stage_eval
+
+    heard = []
+    monkeypatch.setattr(stage_eval, "transcribe", lambda waves, **_: heard.append(len(waves)) or
+                        [f"{len(w)} tokens" for w in waves])
+    records = [SimpleNamespace(key="a"), SimpleNamespace(key="b")]
+    voice = _Voice()
+    ctx = SimpleNamespace(token2wav=voice, cache=tmp_path / "cache", device="cpu", progress=False)
+    assert stage_eval.truth_round_trip(ctx, records, [[1, 2], [3]]) == ["2 tokens", "1 tokens"]
+    assert stage_eval.truth_round_trip(ctx, records[::-1], [[3], [1, 2]]) == ["1 tokens", "2 tokens"]
+    assert heard == [2] and voice.spoken == 2  # the second call read both from tts-truth-a.json
+    assert stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]]) == ["2 tokens", "3 tokens"]
+    assert heard == [2, 1]  # the tokens of b changed: b alone is spoken and heard again
+    ctx.token2wav = _Voice("b")  # another codebook: another file
+    stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]])
+    assert heard == [2, 1, 2] and sorted(p.name for p in ctx.cache.iterdir()) == ["tts-truth-a.json",
+                                                                                  "tts-truth-b.json"]
+    ctx.token2wav = lambda tokens: np.zeros(len(tokens), dtype=np.float32)  # no fingerprint: nothing kept
+    stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]])
+    stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]])
+    assert heard == [2, 1, 2, 2, 2]
+
+
 def test_resolve_checkpoint_order(tmp_path):
     from echat.models.checkpoint import resolve_checkpoint
 

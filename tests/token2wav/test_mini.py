@@ -83,6 +83,14 @@ def test_from_folder_matches(t2w, tokenizer, waves, tmp_path):
     np.testing.assert_array_equal(loaded(tokens), t2w(tokens))
 
 
+def test_fingerprint_follows_what_a_wave_depends_on(tokenizer, t2w, tmp_path):
+    tokenizer.save(tmp_path)
+    assert MiniToken2Wav.from_folder(tmp_path).fingerprint() == t2w.fingerprint()  # the same codebook, read back
+    assert MiniToken2Wav(tokenizer, n_iter=4).fingerprint() != t2w.fingerprint()
+    assert MiniToken2Wav(tokenizer, seed=1).fingerprint() != t2w.fingerprint()
+    assert MiniToken2Wav(MiniSpeechTokenizer(tokenizer.codebook + 1e-3)).fingerprint() != t2w.fingerprint()
+
+
 def test_needs_a_fitted_tokenizer():
     with pytest.raises(ValueError, match="fitted"):
         MiniToken2Wav(MiniSpeechTokenizer())
