@@ -12,8 +12,9 @@ through the CLI. The ceiling ladder passes every rung on this model and shows th
 the guess when the clips are silenced; the only-P link is reported per cue field beside its guess, and the tag-row
 cosine of a field reads near 1 once its tags share one embedding direction. The cue tags: stage 0 with the
 tag tasks (labels drawn at random, random tags written into ASR transcripts) makes the LLM read every
-field's tag from exact frames, and with the end frame it does so even without the tagged transcripts
-(docs/hearing.md E65-E68, §13, §14).
+field's tag from exact frames (docs/hearing.md E65-E68, §13, §14). Without the tagged transcripts it reads them on
+only 4 of 8 runs (seeds 0-3, on one and on two threads), with them on 7 of 8 seeds (one thread; docs/hearing.md
+E134): the recipe writes them, and that is what is tested.
 """
 
 import dataclasses
@@ -227,9 +228,3 @@ def test_the_llm_reads_every_cue_tag_it_is_shown(smoke_corpus, tmp_path):
     reading = {field: row[f"dictation_only_p_{field}"] for field in ONLY_P_FIELD_TASKS}
     assert sum(reading.values()) / len(reading) >= 0.8, reading  # labels drawn at random: this is reading
     assert min(reading.values()) >= 0.6, reading  # every field, emotion and event included
-
-
-def test_without_tags_in_the_copied_stream_the_end_frame_still_makes_the_tags_read(smoke_corpus, tmp_path):
-    row = tag_reader(smoke_corpus, tmp_path, 0.0)
-    reading = {field: row[f"dictation_only_p_{field}"] for field in ONLY_P_FIELD_TASKS}
-    assert min(reading.values()) >= 0.6, reading  # the answer stops by copying: one tag, then the end
