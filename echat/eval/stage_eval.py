@@ -20,11 +20,11 @@ Protocol:
   ``min(750, 50 + 20 x words)`` speech tokens (750 tokens = 30 s at 25 Hz, Whisper's window; the
   corpus averages about 8.4 tokens per word, so only a model that never stops hits the cap). Its
   tokens, and the ground-truth tokens (``extra.speech_token``), go through the corpus's
-  ``MiniToken2Wav`` (``speech_tokenizer/``) and Whisper base; both WERs are taken against the reply
-  text. The target "within 2x of the re-synthesised ground truth" is ``within_2x``:
-  ``wer_model <= 2 * wer_ground_truth``. The stage reports None with a reason when the speech
-  tokenizer folder is missing, its codebook differs from the model's, Whisper base is not installed,
-  or there is no TTS record.
+  ``MiniToken2Wav`` (``speech_tokenizer/``) and Whisper base (the ground truth's transcripts are kept in
+  the corpus's ``cache/``: :func:`truth_round_trip`); both WERs are taken against the reply text. The
+  target "within 2x of the re-synthesised ground truth" is ``within_2x``: ``wer_model <= 2 * wer_ground_truth``.
+  The stage reports None with a reason when the speech tokenizer folder is missing, its codebook differs
+  from the model's, Whisper base is not installed, or there is no TTS record.
 - **empathy**: items are the split's single-turn dialogue records of every chat task (S2T, S2T
   think, S2S, S2S think). The labels are on every dialogue clip, so all are used, each in the form
   of its family that the think mode asks for: ``<S2TCHAT> <THINKER>`` / ``<S2TCHAT> <TEXT2TOKEN>
@@ -290,19 +290,39 @@ def truth_round_trip(ctx: StageContext, records: list[Record], truth: list[list[
     record's key with a digest of its tokens (tokens that changed are transcribed again)."""
     fingerprint = getattr(ctx.token2wav, "fingerprint", None)
     path = ctx.cache / f"tts-truth-{fingerprint()}.json" if ctx.cache and fingerprint else None
-    kept = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+    kept = _read_kept(path)
     digests = [hashlib.blake2b(np.asarray(tokens, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
                for tokens in truth]
     todo = [i for i, r in enumerate(records) if kept.get(r.key, {}).get("tokens") != digests[i]]
     if todo:
         texts = transcribe([ctx.token2wav(truth[i]) for i in todo], device=ctx.device, progress=ctx.progress)
         kept |= {records[i].key: {"tokens": digests[i], "text": text} for i, text in zip(todo, texts)}
-    if path and todo:
+        _keep(path, kept)
+    return [kept[r.key]["text"] for r in records]
+
+
+def _read_kept(path: Path | None) -> dict:
+    """The round trips kept in ``path``; none when there is no file or it is not a JSON object (then it is
+    written afresh: a cache is never a reason to stop)."""
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        print(f"round-trip cache ignored ({path}): {error}")
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def _keep(path: Path | None, kept: dict) -> None:
+    """Write ``kept`` to ``path`` atomically; a folder that cannot be written is reported on one line."""
+    if path is None:
+        return
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(partial, path)
-    return [kept[r.key]["text"] for r in records]
+    except OSError as error:
+        print(f"round-trip cache not saved ({path}): {error}")
 
 
 def reference_reply_emotion(record: Record, prompt_set: str) -> str:

@@ -298,10 +298,14 @@ def test_the_ground_truths_round_trip_is_transcribed_once_per_corpus_and_voice(t
     stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]])
     assert heard == [2, 1, 2] and sorted(p.name for p in ctx.cache.iterdir()) == ["tts-truth-a.json",
                                                                                   "tts-truth-b.json"]
+    (ctx.cache / "tts-truth-b.json").write_text("{not json", encoding="utf-8")  # a damaged cache is redone
+    assert stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]]) == ["2 tokens", "3 tokens"]
+    assert heard == [2, 1, 2, 2]
+    assert json.loads((ctx.cache / "tts-truth-b.json").read_text())["a"]["text"] == "2 tokens"
     ctx.token2wav = lambda tokens: np.zeros(len(tokens), dtype=np.float32)  # no fingerprint: nothing kept
     stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]])
     stage_eval.truth_round_trip(ctx, records, [[1, 2], [3, 4, 5]])
-    assert heard == [2, 1, 2, 2, 2]
+    assert heard == [2, 1, 2, 2, 2, 2]
 
 
 def test_resolve_checkpoint_order(tmp_path):
